@@ -1,0 +1,211 @@
+"""HTTP layer: routes, one error mapping, a body-size limit. Talks only to the Service."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from poller.errors import (
+    InvalidRequest,
+    PollerError,
+    PublishFailed,
+    RequestConflict,
+    RequestNotFound,
+    SparkRejected,
+    SparkUnavailable,
+    StoreUnavailable,
+)
+from poller.schemas import (
+    REQUEST_ID_PATTERN,
+    DriverState,
+    ErrorBody,
+    JobPage,
+    JobRecord,
+    SubmitRequest,
+    SubmitResponse,
+)
+from poller.service import Service
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+SPARK_CLIENT_ERRORS = frozenset({400, 413})
+
+ERROR_STATUS: list[tuple[type[PollerError], int]] = [
+    (InvalidRequest, 422),
+    (RequestNotFound, 404),
+    (RequestConflict, 409),
+    (SparkUnavailable, 503),
+    (StoreUnavailable, 503),
+    (PublishFailed, 503),
+]
+
+
+def status_for(exc: PollerError) -> int:
+    """The HTTP status for one of our errors (the only place this mapping lives)."""
+    if isinstance(exc, SparkRejected):
+        # Spark judged the job itself: the caller's to fix. Anything else (auth, protocol) is ours.
+        return 422 if exc.status_code in SPARK_CLIENT_ERRORS else 502
+    for kind, status in ERROR_STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413 before the app reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        payload = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return JSONResponse({"detail": "malformed JSON body"}, status_code=400)
+    detail = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI app; its lifespan starts and stops ``service``."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(
+        title="spark-poller",
+        summary="Submits Spark jobs, polls them, publishes one completion event each to Kafka.",
+        lifespan=lifespan,
+        responses={
+            400: {"model": ErrorBody},
+            404: {"model": ErrorBody},
+            409: {"model": ErrorBody},
+            413: {"model": ErrorBody},
+            422: {"model": ErrorBody},
+            502: {"model": ErrorBody},
+            503: {"model": ErrorBody},
+        },
+    )
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+
+    def get_service() -> Service:
+        return service
+
+    service_dep = Annotated[Service, Depends(get_service)]
+    request_id_path = Annotated[str, Path(pattern=REQUEST_ID_PATTERN)]
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
+
+    @app.exception_handler(PollerError)
+    async def _on_poller_error(request: Request, exc: PollerError) -> JSONResponse:
+        status = status_for(exc)
+        logger.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
+        return JSONResponse({"detail": exc.message}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    @app.post("/submit", status_code=202)
+    def submit(body: SubmitRequest, svc: service_dep) -> SubmitResponse:
+        """Submit a Spark job (``job``) or adopt a driver (``submission_id``), then poll it."""
+        return svc.submit(body)
+
+    @app.get("/jobs/{request_id}")
+    def get_job(request_id: request_id_path, svc: service_dep) -> JobRecord:
+        """The tracked record of one request."""
+        return svc.get(request_id)
+
+    @app.get("/jobs")
+    def list_jobs(
+        svc: service_dep,
+        state: DriverState | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JobPage:
+        """Tracked requests, oldest first, optionally only those in ``state``."""
+        return svc.list_jobs(state, limit, offset)
+
+    @app.delete("/jobs/{request_id}")
+    def cancel_job(request_id: request_id_path, svc: service_dep, kill: bool = False) -> JobRecord:
+        """Stop polling and publish a CANCELLED event; ``kill=true`` first asks Spark to kill it."""
+        return svc.cancel(request_id, kill)
+
+    @app.get("/healthz")
+    def healthz(svc: service_dep) -> JSONResponse:
+        """200 while the process serves and its scheduler runs."""
+        if svc.healthy():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "failing", "detail": svc.fatal}, status_code=503)
+
+    return app
+

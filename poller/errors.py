@@ -1,0 +1,67 @@
+"""The service's errors, one tree; foreign errors are translated at each adapter's edge.
+
+PollerError
++-- InvalidRequest        the caller asked for something we will not do (4xx)
+|   +-- UnknownCluster
++-- RequestNotFound       no such request_id (404)
++-- RequestConflict       request_id taken, or the request already ended (409)
++-- SparkError
+|   +-- SparkUnavailable  transient: connection failed, timed out, 5xx (retry later)
+|   +-- SparkRejected     Spark answered and said no (bad job, auth, ...)
++-- StoreUnavailable      the database is unreachable (transient)
++-- PublishFailed         Kafka did not confirm the event (transient)
+"""
+
+from __future__ import annotations
+
+
+class PollerError(Exception):
+    """Base of every error this service raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(PollerError):
+    pass
+
+
+class UnknownCluster(InvalidRequest):
+    pass
+
+
+class RequestNotFound(PollerError):
+    pass
+
+
+class RequestConflict(PollerError):
+    pass
+
+
+class SparkError(PollerError):
+    pass
+
+
+class SparkUnavailable(SparkError):
+    """Spark was unreachable or failed; ``maybe_applied`` if the call may still have landed."""
+
+    def __init__(self, message: str, *, maybe_applied: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
+
+
+class SparkRejected(SparkError):
+    """Spark answered and refused; ``status_code`` is its HTTP status."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class StoreUnavailable(PollerError):
+    pass
+
+
+class PublishFailed(PollerError):
+    pass

@@ -1,0 +1,136 @@
+"""Publishes completion events to Kafka (CloudEvents binary mode) and waits for the broker's ack."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from cloudevents.core.bindings.kafka import KafkaMessage, to_binary_event
+from cloudevents.core.v1.event import CloudEvent
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from poller.errors import PublishFailed
+from poller.schemas import CompletionEvent
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPE = "io.spark-poller.job.completed.v1"
+POLL_STEP_S = 0.1
+
+
+def to_kafka_message(event: CompletionEvent, source: str) -> KafkaMessage:
+    """The event as a Kafka record: key = request_id, CloudEvents attributes in ce_* headers."""
+    cloud_event = CloudEvent(
+        attributes={
+            "id": event.event_id,
+            "source": source,
+            "type": EVENT_TYPE,
+            "subject": event.request_id,
+            "time": event.completed_at,
+            "datacontenttype": "application/json",
+        },
+        data=event.model_dump(mode="json"),
+    )
+    return to_binary_event(cloud_event, key_mapper=lambda _: event.request_id.encode())
+
+
+class EventPublisher:
+    """One idempotent producer (acks=all); ``publish`` returns once the broker has the event."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        source: str,
+        delivery_timeout_s: float,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.source = source
+        self.delivery_timeout_s = delivery_timeout_s
+        self._config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "message.timeout.ms": int(delivery_timeout_s * 1000),
+            "linger.ms": 5,
+            "client.id": "spark-poller",
+            "error_cb": self._on_error,
+            **(extra_config or {}),
+        }
+        self._lock = threading.Lock()
+        self._producer = Producer(self._config)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve_callbacks, name="kafka-callbacks", daemon=True
+        )
+        self._thread.start()
+
+    def _on_error(self, err: KafkaError) -> None:
+        logger.warning("kafka: %s", err.str())
+
+    def _serve_callbacks(self) -> None:
+        """Delivery reports fire only inside poll(): one thread serves them for every caller."""
+        while not self._stop.is_set():
+            with self._lock:
+                producer = self._producer
+            producer.poll(POLL_STEP_S)
+
+    def _replace_producer(self, stale: Producer) -> None:
+        """An idempotent producer can stay wedged after a broker restart: start afresh."""
+        with self._lock:
+            if self._producer is not stale:
+                return
+            logger.warning("replacing the Kafka producer after a failed delivery")
+            self._producer = Producer(self._config)
+        stale.flush(0)
+
+    def publish(self, event: CompletionEvent) -> None:
+        """Send ``event`` and wait for its delivery report. Raises PublishFailed."""
+        message = to_kafka_message(event, self.source)
+        delivered = threading.Event()
+        outcome: list[KafkaError | None] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            outcome.append(err)
+            delivered.set()
+
+        with self._lock:
+            producer = self._producer
+        try:
+            producer.produce(
+                self.topic,
+                key=message.key,
+                value=message.value,
+                headers=list(message.headers.items()),
+                on_delivery=on_delivery,
+            )
+        except (KafkaException, BufferError) as exc:
+            raise PublishFailed(f"could not queue the event: {exc}") from exc
+        if not delivered.wait(self.delivery_timeout_s + 5):
+            self._replace_producer(producer)
+            raise PublishFailed("Kafka gave no delivery report in time")
+        err = outcome[0]
+        if err is not None:
+            if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
+                self._replace_producer(producer)
+            raise PublishFailed(f"Kafka did not take the event: {err.str()}")
+
+    def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether the broker answers a metadata request for our topic."""
+        with self._lock:
+            producer = self._producer
+        try:
+            metadata = producer.list_topics(self.topic, timeout=timeout_s)
+        except KafkaException:
+            return False
+        return self.topic in metadata.topics
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+        with self._lock:
+            remaining = self._producer.flush(timeout_s)
+        if remaining:
+            logger.warning("%d Kafka messages still unconfirmed at shutdown", remaining)

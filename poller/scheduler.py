@@ -1,0 +1,138 @@
+"""The APScheduler 3 scheduler: one interval job per request_id in a SQLAlchemy job store."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine, select
+
+from poller.errors import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+JOBS_TABLE = "apscheduler_jobs"
+STORE_RETRY_S = 2.0
+
+
+class ResilientScheduler(BackgroundScheduler):  # type: ignore[misc]
+    """A BackgroundScheduler whose thread survives job-store errors.
+
+    APScheduler 3 only guards ``get_due_jobs``: an error from ``update_job`` (say, the database went
+    away mid-loop) escapes ``_process_jobs`` and silently ends the scheduler thread.
+    """
+
+    def _process_jobs(self) -> float | None:
+        try:
+            wait_s: float | None = super()._process_jobs()
+        except Exception:
+            logger.exception(
+                "job store error in the scheduler loop; retrying in %.0fs", STORE_RETRY_S
+            )
+            return STORE_RETRY_S
+        return wait_s
+
+
+class PollScheduler:
+    """Owns the scheduler; the rest of the service speaks only of request ids."""
+
+    def __init__(self, engine: Engine, job_func: str, interval_s: float, threads: int) -> None:
+        self.job_func = job_func
+        self.interval_s = interval_s
+        self.jobstore = SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE)
+        self.scheduler = ResilientScheduler(
+            jobstores={"default": self.jobstore},
+            executors={"default": ThreadPoolExecutor(max_workers=threads)},
+            job_defaults={
+                "max_instances": 1,
+                "coalesce": True,
+                # None: run however late; the default (1 s) skips the first run after downtime.
+                "misfire_grace_time": None,
+            },
+            timezone=UTC,
+            jobstore_retry_interval=STORE_RETRY_S,
+        )
+        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+
+    @staticmethod
+    def _on_job_event(event: JobExecutionEvent) -> None:
+        if event.exception is not None:
+            logger.error("poll job %s raised: %r", event.job_id, event.exception)
+        else:
+            logger.warning(
+                "poll job %s missed its run at %s", event.job_id, event.scheduled_run_time
+            )
+
+    def start(self) -> None:
+        """Start paused, so the caller can reconcile before any job runs, then :meth:`resume`."""
+        self.scheduler.start(paused=True)
+
+    def resume(self) -> None:
+        self.scheduler.resume()
+
+    def alive(self) -> bool:
+        thread = getattr(self.scheduler, "_thread", None)
+        return thread is not None and bool(thread.is_alive())
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=wait)
+
+    def add(self, request_id: str, first_run_at: datetime | None = None) -> bool:
+        """Register the poll job of ``request_id``; False if it already exists."""
+        try:
+            self.scheduler.add_job(
+                self.job_func,
+                trigger="interval",
+                seconds=self.interval_s,
+                args=(request_id,),
+                id=request_id,
+                name=f"poll {request_id}",
+                next_run_time=first_run_at
+                or datetime.now(UTC) + timedelta(seconds=self.interval_s),
+            )
+        except ConflictingIdError:
+            return False
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"could not register the poll job: {type(exc).__name__}"
+            ) from exc
+        return True
+
+    def remove(self, request_id: str) -> None:
+        """Remove the poll job of ``request_id``; a job already gone is fine."""
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.remove_job(request_id)
+
+    def job_ids(self) -> set[str]:
+        """Ids of every loadable stored job (APScheduler deletes rows it cannot unpickle)."""
+        return {job.id for job in self.jobstore.get_all_jobs()}
+
+    def stored_ids(self) -> set[str]:
+        """Ids of every stored job row, read straight from the table (cheap; no unpickling)."""
+        table = self.jobstore.jobs_t
+        with self.jobstore.engine.connect() as conn:
+            return set(conn.scalars(select(table.c.id)))
+
+    def next_run_times(self, request_ids: Iterable[str]) -> dict[str, datetime]:
+        """Next poll time of each given request that has a job, read from the job table."""
+        ids = list(request_ids)
+        if not ids:
+            return {}
+        table = self.jobstore.jobs_t
+        query = select(table.c.id, table.c.next_run_time).where(table.c.id.in_(ids))
+        with self.jobstore.engine.connect() as conn:
+            rows: list[Any] = list(conn.execute(query))
+        return {
+            row.id: datetime.fromtimestamp(row.next_run_time, UTC)
+            for row in rows
+            if row.next_run_time is not None
+        }

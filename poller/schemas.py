@@ -1,0 +1,180 @@
+"""Pydantic shapes: API bodies and responses, the completion event, Spark driver status."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from poller.config import CLUSTER_NAME_PATTERN, DEFAULT_CLUSTER
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+SUBMISSION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c0e-2b6a-5d8e-9a41-5f0c3b7e8d21")
+
+RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
+SubmissionId = Annotated[str, StringConstraints(pattern=SUBMISSION_ID_PATTERN)]
+ClusterName = Annotated[str, StringConstraints(pattern=CLUSTER_NAME_PATTERN)]
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+LabelValue = Annotated[str, StringConstraints(max_length=1024)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=64)]
+ShortText = Annotated[str, StringConstraints(max_length=4096)]
+
+
+class DriverState(StrEnum):
+    """Spark's DriverState values plus the states this service assigns itself."""
+
+    SUBMITTING = "SUBMITTING"  # ours: recorded, create call not yet answered
+    SUBMITTED = "SUBMITTED"
+    RUNNING = "RUNNING"
+    RELAUNCHING = "RELAUNCHING"
+    UNKNOWN = "UNKNOWN"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+    ERROR = "ERROR"
+    CANCELLED = "CANCELLED"  # ours: DELETE /jobs/{request_id}
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        DriverState.FINISHED,
+        DriverState.FAILED,
+        DriverState.KILLED,
+        DriverState.ERROR,
+        DriverState.CANCELLED,
+    }
+)
+
+
+class Phase(StrEnum):
+    """Where a request is in its life; drives what its poll job does next."""
+
+    SUBMITTING = "submitting"
+    POLLING = "polling"
+    PUBLISHING = "publishing"  # outcome recorded, event not yet confirmed by Kafka
+    DONE = "done"
+
+
+def event_id_for(request_id: str) -> str:
+    """The one event id of a request: a re-publish after a crash is recognisably the same event."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, request_id))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobSpec(Strict):
+    """A Spark application to submit in cluster deploy mode."""
+
+    app_resource: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    main_class: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    app_args: Annotated[list[ShortText], Field(max_length=256)] = Field(default_factory=list)
+    spark_properties: Annotated[
+        dict[Annotated[str, StringConstraints(min_length=1, max_length=256)], ShortText],
+        Field(max_length=256),
+    ] = Field(default_factory=dict)
+    environment_variables: Annotated[
+        dict[
+            Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], ShortText
+        ],
+        Field(max_length=128),
+    ] = Field(default_factory=dict)
+
+    @property
+    def is_python(self) -> bool:
+        return self.app_resource.endswith(".py")
+
+    @model_validator(mode="after")
+    def _main_class_known(self) -> Self:
+        if self.main_class is None and not self.is_python:
+            raise ValueError("main_class is required unless app_resource is a .py file")
+        return self
+
+
+class SubmitRequest(Strict):
+    """Body of POST /submit: exactly one of ``job`` (submit it) or ``submission_id`` (adopt)."""
+
+    request_id: RequestId | None = None
+    cluster: ClusterName = DEFAULT_CLUSTER
+    labels: Labels = Field(default_factory=dict)
+    job: JobSpec | None = None
+    submission_id: SubmissionId | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Self:
+        if (self.job is None) == (self.submission_id is None):
+            raise ValueError("give exactly one of 'job' (to submit) or 'submission_id' (to adopt)")
+        return self
+
+
+class SubmitResponse(BaseModel):
+    request_id: str
+    submission_id: str
+    cluster: str
+    state: DriverState
+
+
+class JobRecord(BaseModel):
+    """What the service knows about one request."""
+
+    request_id: str
+    cluster: str
+    submission_id: str | None
+    state: DriverState
+    phase: Phase
+    spark_state: str | None = None
+    message: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    polls: int = 0
+    submitted_at: datetime
+    last_polled_at: datetime | None = None
+    next_poll_at: datetime | None = None
+    completed_at: datetime | None = None
+    event_id: str | None = None
+
+
+class JobPage(BaseModel):
+    items: list[JobRecord]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[dict[str, object]]
+
+
+class DriverStatus(BaseModel):
+    """One status answer; ``found`` is false when Spark does not know the driver."""
+
+    found: bool
+    state: DriverState | None = None
+    raw_state: str | None = None
+    message: str | None = None
+
+
+class CompletionEvent(BaseModel):
+    """The value of the one Kafka message published per request (key = request_id)."""
+
+    model_config = ConfigDict(title="SparkJobCompletion")
+
+    event_id: str = Field(description="Same for every publication of this request's event.")
+    request_id: str
+    submission_id: str | None
+    cluster: str
+    state: DriverState = Field(description="Final state: a terminal driver state, or CANCELLED.")
+    spark_state: str | None = Field(description="Spark's last raw driverState, if one was seen.")
+    message: str | None = Field(description="Spark's message, when it gave one.")
+    submitted_at: datetime
+    completed_at: datetime
+    polls: int = Field(description="Status calls made for this request.")
+    labels: dict[str, str]

@@ -1,0 +1,253 @@
+"""Composition root and use cases: builds every part from Settings; submit, get, list, cancel."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from poller import polling
+from poller.config import Settings
+from poller.db import create_db_engine
+from poller.errors import (
+    InvalidRequest,
+    PollerError,
+    RequestConflict,
+    RequestNotFound,
+    SparkError,
+    UnknownCluster,
+)
+from poller.events import EventPublisher
+from poller.polling import Poller
+from poller.scheduler import PollScheduler
+from poller.schemas import (
+    DriverState,
+    JobPage,
+    JobRecord,
+    Phase,
+    SubmitRequest,
+    SubmitResponse,
+)
+from poller.spark import SparkClient
+from poller.store import RequestStore
+
+logger = logging.getLogger(__name__)
+
+JOB_FUNC = "poller.polling:run_poll"
+WATCHDOG_STEP_S = 1.0
+
+
+class Service:
+    """The running service: request store, Spark clients, event publisher, poll scheduler."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_db_engine(
+            settings.database_url, pool_size=settings.scheduler_threads + 5
+        )
+        self.store = RequestStore(self.engine)
+        self.clusters = {
+            name: SparkClient(
+                name,
+                cluster,
+                settings.spark_timeout_s,
+                settings.spark_client_version,
+                pool_size=settings.scheduler_threads,
+            )
+            for name, cluster in settings.clusters.items()
+        }
+        self.publisher = EventPublisher(
+            settings.kafka_bootstrap_servers,
+            settings.kafka_topic,
+            settings.event_source,
+            settings.kafka_delivery_timeout_s,
+        )
+        self.scheduler = PollScheduler(
+            self.engine, JOB_FUNC, settings.poll_interval_seconds, settings.scheduler_threads
+        )
+        self.poller = Poller(self.store, self.clusters, self.publisher, self.scheduler.remove)
+        self.fatal: str | None = None
+        self.on_fatal: Callable[[str], None] | None = None
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create tables, start the scheduler paused, repair jobs from our records, then poll."""
+        self.store.create_schema()
+        polling.install(self.poller)
+        self.scheduler.start()
+        self.reconcile(load_jobs=True)
+        self.scheduler.resume()
+        self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        self._watchdog.start()
+        logger.info(
+            "service started: %d cluster(s), poll interval %.3gs, topic %s",
+            len(self.clusters),
+            self.settings.poll_interval_seconds,
+            self.settings.kafka_topic,
+        )
+
+    def stop(self) -> None:
+        """Let running polls finish, flush the producer, release connections."""
+        self._stopping.set()
+        self.scheduler.shutdown(wait=True)
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
+        self.publisher.close()
+        polling.install(None)
+        for client in self.clusters.values():
+            client.close()
+        self.engine.dispose()
+        logger.info("service stopped")
+
+    def reconcile(self, load_jobs: bool = False) -> tuple[int, int]:
+        """Make poll jobs match our records: re-create missing ones, drop orphans.
+
+        ``load_jobs`` unpickles every stored job (APScheduler deletes rows it cannot load), which
+        start-up wants; the periodic check only reads ids. Jobs are read before records so a
+        request finishing in between is never given a fresh job.
+        """
+        jobs = self.scheduler.job_ids() if load_jobs else self.scheduler.stored_ids()
+        active = self.store.active_ids()
+        missing = active - jobs
+        orphans = jobs - active
+        now = datetime.now(UTC)
+        for request_id in sorted(missing):
+            self.scheduler.add(request_id, first_run_at=now)
+        for request_id in sorted(orphans):
+            self.scheduler.remove(request_id)
+        if missing or orphans:
+            logger.warning(
+                "reconciled poll jobs: re-created %d missing (%s), removed %d orphan(s) (%s)",
+                len(missing),
+                _sample(missing),
+                len(orphans),
+                _sample(orphans),
+            )
+        elif load_jobs:
+            logger.info("poll jobs match records: %d in flight", len(active))
+        return len(missing), len(orphans)
+
+    def _watch(self) -> None:
+        """Exit rather than sit alive with a dead scheduler; reconcile now and then."""
+        last_reconcile = datetime.now(UTC)
+        while not self._stopping.wait(WATCHDOG_STEP_S):
+            if not self.scheduler.alive():
+                self._die("the scheduler thread died")
+                return
+            if (datetime.now(UTC) - last_reconcile).total_seconds() >= (
+                self.settings.reconcile_interval_s
+            ):
+                last_reconcile = datetime.now(UTC)
+                try:
+                    self.reconcile()
+                except Exception as exc:
+                    logger.warning("periodic reconcile failed: %s", exc)
+
+    def _die(self, reason: str) -> None:
+        self.fatal = reason
+        logger.critical("fatal: %s; stopping", reason)
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
+
+    def healthy(self) -> bool:
+        return self.fatal is None and self.scheduler.alive()
+
+    # -- use cases -------------------------------------------------------------------------------
+
+    def _client(self, cluster: str) -> SparkClient:
+        try:
+            return self.clusters[cluster]
+        except KeyError:
+            known = ", ".join(sorted(self.clusters))
+            raise UnknownCluster(f"unknown cluster {cluster!r}; known: {known}") from None
+
+    def submit(self, request: SubmitRequest) -> SubmitResponse:
+        """Submit (or adopt) a driver and register its poll job. Nothing stays behind on failure."""
+        client = self._client(request.cluster)
+        request_id = request.request_id or str(uuid.uuid4())
+        self.store.insert(request_id, request.cluster, request.labels)
+        try:
+            if request.job is not None:
+                submission_id = client.create(request.job, request_id)
+                state = DriverState.SUBMITTED
+            else:
+                assert request.submission_id is not None
+                submission_id = request.submission_id
+                status = client.status(submission_id)
+                if not status.found or status.state is None:
+                    raise InvalidRequest(
+                        f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"
+                    )
+                state = status.state
+        except (SparkError, InvalidRequest):
+            self.store.delete_submitting(request_id)
+            raise
+        self.store.mark_submitted(request_id, submission_id, state)
+        # An adopted driver that already ended is published at once rather than after an interval.
+        self.scheduler.add(request_id, first_run_at=datetime.now(UTC) if state.terminal else None)
+        logger.info(
+            "tracking %s: driver %s on %s (%s)",
+            request_id,
+            submission_id,
+            request.cluster,
+            "adopted" if request.job is None else "submitted",
+            extra={"request_id": request_id, "submission_id": submission_id},
+        )
+        return SubmitResponse(
+            request_id=request_id, submission_id=submission_id, cluster=request.cluster, state=state
+        )
+
+    def get(self, request_id: str) -> JobRecord:
+        record = self.store.get(request_id)
+        if record is None:
+            raise RequestNotFound(f"no request {request_id!r}")
+        return self._with_next_poll([record])[0]
+
+    def list_jobs(self, state: DriverState | None, limit: int, offset: int) -> JobPage:
+        items, total = self.store.page(state, limit, offset)
+        return JobPage(items=self._with_next_poll(items), total=total, limit=limit, offset=offset)
+
+    def _with_next_poll(self, records: list[JobRecord]) -> list[JobRecord]:
+        active = [r.request_id for r in records if r.phase in (Phase.POLLING, Phase.PUBLISHING)]
+        next_runs = self.scheduler.next_run_times(active)
+        return [
+            r.model_copy(update={"next_poll_at": next_runs[r.request_id]})
+            if r.request_id in next_runs
+            else r
+            for r in records
+        ]
+
+    def cancel(self, request_id: str, kill: bool) -> JobRecord:
+        """Stop polling, publish a CANCELLED event; ``kill`` asks Spark to kill the driver first."""
+        with self.poller.lock_for(request_id):
+            record = self.store.get(request_id)
+            if record is None:
+                raise RequestNotFound(f"no request {request_id!r}")
+            if record.phase == Phase.SUBMITTING:
+                raise RequestConflict(f"request {request_id!r} is still being submitted")
+            if record.phase != Phase.POLLING:
+                raise RequestConflict(
+                    f"request {request_id!r} already ended ({record.state.value})"
+                )
+            message = "cancelled by request"
+            if kill and record.submission_id is not None:
+                accepted, spark_message = self._client(record.cluster).kill(record.submission_id)
+                message += f"; kill {'accepted' if accepted else 'refused'} by Spark"
+                if spark_message:
+                    message += f": {spark_message}"
+            record = self.poller.complete(request_id, DriverState.CANCELLED, message)
+        logger.info("cancelled %s (kill=%s)", request_id, kill, extra={"request_id": request_id})
+        return self._with_next_poll([record])[0]
+
+
+def _sample(ids: set[str], limit: int = 5) -> str:
+    shown = sorted(ids)[:limit]
+    return ", ".join(shown) + (", ..." if len(ids) > limit else "")
+
+
+__all__ = ["PollerError", "Service"]
