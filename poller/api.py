@@ -116,10 +116,23 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+RequestIdPath = Annotated[str, Path(pattern=REQUEST_ID_PATTERN)]
+
+
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(err.get("type") == "json_invalid" for err in errors):
         return JSONResponse({"detail": "malformed JSON body"}, status_code=400)
+    if any(
+        tuple(err.get("loc", ())) == ("body",) and err.get("type") != "missing" for err in errors
+    ):
+        return JSONResponse({"detail": "the request body must be a JSON object"}, status_code=400)
     detail = [
         {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
         for err in errors
@@ -154,11 +167,7 @@ def create_app(service: Service) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
-    def get_service() -> Service:
-        return service
-
-    service_dep = Annotated[Service, Depends(get_service)]
-    request_id_path = Annotated[str, Path(pattern=REQUEST_ID_PATTERN)]
+    app.state.service = service
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -176,18 +185,18 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     @app.post("/submit", status_code=202)
-    def submit(body: SubmitRequest, svc: service_dep) -> SubmitResponse:
+    def submit(body: SubmitRequest, svc: ServiceDep) -> SubmitResponse:
         """Submit a Spark job (``job``) or adopt a driver (``submission_id``), then poll it."""
         return svc.submit(body)
 
     @app.get("/jobs/{request_id}")
-    def get_job(request_id: request_id_path, svc: service_dep) -> JobRecord:
+    def get_job(request_id: RequestIdPath, svc: ServiceDep) -> JobRecord:
         """The tracked record of one request."""
         return svc.get(request_id)
 
     @app.get("/jobs")
     def list_jobs(
-        svc: service_dep,
+        svc: ServiceDep,
         state: DriverState | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
@@ -196,16 +205,15 @@ def create_app(service: Service) -> FastAPI:
         return svc.list_jobs(state, limit, offset)
 
     @app.delete("/jobs/{request_id}")
-    def cancel_job(request_id: request_id_path, svc: service_dep, kill: bool = False) -> JobRecord:
+    def cancel_job(request_id: RequestIdPath, svc: ServiceDep, kill: bool = False) -> JobRecord:
         """Stop polling and publish a CANCELLED event; ``kill=true`` first asks Spark to kill it."""
         return svc.cancel(request_id, kill)
 
     @app.get("/healthz")
-    def healthz(svc: service_dep) -> JSONResponse:
+    def healthz(svc: ServiceDep) -> JSONResponse:
         """200 while the process serves and its scheduler runs."""
         if svc.healthy():
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "failing", "detail": svc.fatal}, status_code=503)
 
     return app
-

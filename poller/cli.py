@@ -43,6 +43,8 @@ def load_settings() -> Settings:
 def serve(log_level: str = typer.Option("INFO", envvar="POLLER_LOG_LEVEL")) -> None:
     """Run the API and the scheduler (one process per job store; no uvicorn workers)."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    # APScheduler logs every run at INFO; our poll job logs what matters.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     settings = load_settings()
     service = Service(settings)
     server = uvicorn.Server(

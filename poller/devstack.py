@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -325,12 +326,14 @@ class Postgres:
 
     def start(self) -> Postgres:
         bindir = postgres_bindir()
-        data = self.workdir / "data"
-        self.workdir.mkdir(parents=True, exist_ok=True)
         if self.user:
+            # The server's user must reach its data directory; pytest's temp root is private.
+            self.workdir = Path(tempfile.mkdtemp(prefix="spark-poller-pg-"))
             entry = pwd.getpwnam(self.user)
             os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
-        subprocess.run(
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        data = self.workdir / "data"
+        init = subprocess.run(
             [
                 str(bindir / "initdb"),
                 "-D",
@@ -343,11 +346,13 @@ class Postgres:
                 "-E",
                 "UTF8",
             ],
-            check=True,
             capture_output=True,
             user=self.user,
             cwd=self.workdir,
+            check=False,
         )
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
         self.daemon = Daemon(
             "postgres",
             [
@@ -385,6 +390,8 @@ class Postgres:
     def stop(self) -> None:
         if self.daemon is not None:
             self.daemon.stop(grace_s=20)
+        if self.user:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _print_json(label: str, payload: object) -> None:

@@ -1,0 +1,3 @@
+from poller.cli import app
+
+app(prog_name="spark-poller")

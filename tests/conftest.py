@@ -1,0 +1,143 @@
+"""Session fixtures: a real Spark standalone cluster, Kafka broker and PostgreSQL, and the service.
+
+Everything listens on loopback and is stopped by PID at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from poller.devstack import KafkaBroker, Postgres, SparkStandalone
+from tests.support import JOB_SCRIPT, EventReader, ServiceProcess
+
+# -- infrastructure ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jobs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("jobs")
+    (path / "job.py").write_text(JOB_SCRIPT)
+    return path
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory, jobs_dir: Path) -> Iterator[SparkStandalone]:
+    cluster = SparkStandalone(
+        tmp_path_factory.mktemp("spark"),
+        cores=4,
+        memory="8g",
+        # Lets a test see Spark itself refuse a submission (HTTP 400).
+        extra_conf={"spark.master.rest.allowedAppResourcePatterns": f"file:{jobs_dir}/.*"},
+    )
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    server = Postgres(tmp_path_factory.mktemp("pg")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database for one test, on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'poller.db'}"
+    server: Postgres = request.getfixturevalue("postgres")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def topic(kafka: KafkaBroker) -> str:
+    name = f"completions-{uuid.uuid4().hex[:10]}"
+    kafka.create_topic(name, partitions=1)
+    return name
+
+
+# -- the service under test ----------------------------------------------------------------------
+
+
+ServiceFactory = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def service_env(
+    spark: SparkStandalone, kafka: KafkaBroker, topic: str, tmp_path: Path
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
+    env.update(
+        POLLER_DATABASE_URL=f"sqlite:///{tmp_path / 'poller.db'}",
+        POLLER_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        POLLER_KAFKA_TOPIC=topic,
+        POLLER_SPARK_REST_URL=spark.rest_url,
+        POLLER_SPARK_MASTER_URL=spark.master_url,
+        POLLER_POLL_INTERVAL_SECONDS="1",
+        POLLER_LOG_LEVEL="INFO",
+    )
+    return env
+
+
+@pytest.fixture
+def start_service(service_env: dict[str, str], tmp_path: Path) -> Iterator[ServiceFactory]:
+    """Start the service with the test's env plus overrides; every one started is stopped after."""
+    started: list[ServiceProcess] = []
+
+    def factory(**overrides: str) -> ServiceProcess:
+        svc = ServiceProcess({**service_env, **overrides}, tmp_path / "service.log")
+        started.append(svc)
+        return svc.start()
+
+    yield factory
+    for svc in started:
+        if svc.running():
+            svc.terminate()
+
+
+# -- jobs and events -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def job_body(jobs_dir: Path) -> Callable[..., dict[str, Any]]:
+    """A /submit ``job`` that sleeps ``seconds`` then exits with ``exit_code``."""
+
+    def make(seconds: float = 0, exit_code: int = 0) -> dict[str, Any]:
+        return {
+            "app_resource": f"file:{jobs_dir / 'job.py'}",
+            "app_args": [str(seconds), str(exit_code)],
+            "spark_properties": {
+                "spark.pyspark.python": sys.executable,
+                "spark.driver.memory": "256m",
+            },
+        }
+
+    return make
+
+
+@pytest.fixture
+def events(kafka: KafkaBroker, topic: str) -> Iterator[EventReader]:
+    reader = EventReader(kafka.bootstrap_servers, topic)
+    yield reader
+    reader.close()

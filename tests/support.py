@@ -1,0 +1,176 @@
+"""Helpers the tests share: the service as a child process, an event reader, direct look-ups."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+from confluent_kafka import Consumer, TopicPartition
+
+from poller.devstack import SparkStandalone, free_port, wait_for
+
+JOB_SCRIPT = """\
+import sys, time
+# argv: [seconds to sleep, exit code]
+time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)
+sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+"""
+
+
+@dataclass
+class ServiceProcess:
+    """``spark-poller serve`` as a child process, the way users run it."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    http: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        env = {**self.env, "POLLER_PORT": str(self.port)}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "poller", "serve"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        wait_for(self._ready, 60, f"the service on {self.url}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.logs()[-3000:]}")
+        return self.http.get(f"{self.url}/healthz", timeout=1).status_code == 200
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.http.get(f"{self.url}{path}", timeout=10, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.http.post(f"{self.url}{path}", timeout=30, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.http.delete(f"{self.url}{path}", timeout=30, **kwargs)
+
+    def job(self, request_id: str) -> dict[str, Any]:
+        response = self.get(f"/jobs/{request_id}")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class Event:
+    key: str
+    value: dict[str, Any]
+    headers: dict[str, str]
+    timestamp_ms: int
+
+
+class EventReader:
+    """Reads every completion event on one topic from the beginning."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"test-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.assign([TopicPartition(topic, 0, 0)])
+        self.events: list[Event] = []
+
+    def drain(self, timeout_s: float = 0.5) -> list[Event]:
+        while True:
+            message = self.consumer.poll(timeout_s)
+            if message is None:
+                return self.events
+            if message.error():
+                continue
+            self.events.append(
+                Event(
+                    key=_text(message.key()),
+                    value=json.loads(message.value() or b"{}"),
+                    headers={_text(k): _text(v) for k, v in list(message.headers() or [])},
+                    timestamp_ms=message.timestamp()[1],
+                )
+            )
+
+    def wait_for_keys(self, keys: set[str], timeout_s: float = 120) -> dict[str, list[Event]]:
+        """Wait until every key has at least one event; return all events by key."""
+        wait_for(
+            lambda: keys <= {e.key for e in self.drain(0.2)},
+            timeout_s,
+            f"events for {sorted(keys - {e.key for e in self.events})}",
+            step_s=0,
+        )
+        return self.by_key()
+
+    def by_key(self) -> dict[str, list[Event]]:
+        grouped: dict[str, list[Event]] = {}
+        for event in self.events:
+            grouped.setdefault(event.key, []).append(event)
+        return grouped
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def poll_job_ids(database_url: str) -> set[str]:
+    """Ids of the APScheduler jobs stored in the service's database."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.scalars(sa.text("SELECT id FROM apscheduler_jobs")))
+    finally:
+        engine.dispose()
+
+
+def driver_state(spark: SparkStandalone, submission_id: str) -> str | None:
+    """What Spark itself says about a driver now."""
+    payload = requests.get(
+        f"{spark.rest_url}/v1/submissions/status/{submission_id}", timeout=5
+    ).json()
+    state = payload.get("driverState")
+    return str(state) if state is not None else None
