@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 SPARK_CLIENT_ERRORS = frozenset({400, 413})
+NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
 
 ERROR_STATUS: list[tuple[type[PollerError], int]] = [
     (InvalidRequest, 422),
@@ -130,7 +131,8 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     if any(err.get("type") == "json_invalid" for err in errors):
         return JSONResponse({"detail": "malformed JSON body"}, status_code=400)
     if any(
-        tuple(err.get("loc", ())) == ("body",) and err.get("type") != "missing" for err in errors
+        tuple(err.get("loc", ())) == ("body",) and err.get("type") in NOT_AN_OBJECT
+        for err in errors
     ):
         return JSONResponse({"detail": "the request body must be a JSON object"}, status_code=400)
     detail = [

@@ -13,6 +13,8 @@ from poller.config import CLUSTER_NAME_PATTERN, DEFAULT_CLUSTER
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 SUBMISSION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# The cluster decides these: a request must not point its driver at another master.
+RESERVED_SPARK_PROPERTIES = frozenset({"spark.master", "spark.submit.deployMode"})
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c0e-2b6a-5d8e-9a41-5f0c3b7e8d21")
 
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
@@ -94,9 +96,12 @@ class JobSpec(Strict):
         return self.app_resource.endswith(".py")
 
     @model_validator(mode="after")
-    def _main_class_known(self) -> Self:
+    def _check(self) -> Self:
         if self.main_class is None and not self.is_python:
             raise ValueError("main_class is required unless app_resource is a .py file")
+        reserved = sorted(RESERVED_SPARK_PROPERTIES & self.spark_properties.keys())
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)} is set by the service from the cluster")
         return self
 
 

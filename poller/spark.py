@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 PYTHON_RUNNER = "org.apache.spark.deploy.PythonRunner"
 MAX_MESSAGE_CHARS = 2000
-RESERVED_PROPERTIES = frozenset({"spark.master", "spark.submit.deployMode"})
 
 
 def create_request_body(

@@ -1,0 +1,129 @@
+"""Bad input gets a clear 4xx and changes nothing: no record, no poll job, no Spark driver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from poller.devstack import SparkStandalone
+from tests.conftest import ServiceFactory
+from tests.support import ServiceProcess, poll_job_ids
+
+JobBody = Callable[..., dict[str, Any]]
+
+
+def _driver_count(spark: SparkStandalone) -> int:
+    state = spark.cluster_state()
+    active = state.get("activedrivers", [])
+    completed = state.get("completeddrivers", [])
+    assert isinstance(active, list)
+    assert isinstance(completed, list)
+    return len(active) + len(completed)
+
+
+@pytest.fixture
+def svc(start_service: ServiceFactory) -> ServiceProcess:
+    return start_service()
+
+
+def _bad_bodies(job: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str]]:
+    """(name, request kwargs, expected status, a phrase the message must contain)."""
+    return [
+        (
+            "malformed json",
+            {"data": b'{"job": ', "headers": {"content-type": "application/json"}},
+            400,
+            "malformed JSON",
+        ),
+        ("not an object", {"json": ["job"]}, 400, "JSON object"),
+        ("unknown field", {"json": {"job": job, "colour": "red"}}, 422, "colour"),
+        ("unknown job field", {"json": {"job": {**job, "mainClass": "x"}}}, 422, "mainClass"),
+        ("neither", {"json": {"labels": {}}}, 422, "exactly one of"),
+        ("both", {"json": {"job": job, "submission_id": "driver-1"}}, 422, "exactly one of"),
+        ("bad request_id", {"json": {"request_id": "a b/c", "job": job}}, 422, "request_id"),
+        ("long request_id", {"json": {"request_id": "x" * 129, "job": job}}, 422, "request_id"),
+        ("bad submission_id", {"json": {"submission_id": "../x"}}, 422, "submission_id"),
+        ("unknown cluster", {"json": {"cluster": "nowhere", "job": job}}, 422, "unknown cluster"),
+        (
+            "jar without main_class",
+            {"json": {"job": {"app_resource": "file:/x.jar"}}},
+            422,
+            "main_class",
+        ),
+        (
+            "reserved property",
+            {
+                "json": {
+                    "job": {**job, "spark_properties": {"spark.master": "spark://elsewhere:7077"}}
+                }
+            },
+            422,
+            "spark.master",
+        ),
+        ("label not a string", {"json": {"job": job, "labels": {"a": 1}}}, 422, "labels"),
+        (
+            "oversized body",
+            {"json": {"job": job, "labels": {"pad": "x" * (1024 * 1024)}}},
+            413,
+            "body",
+        ),
+        (
+            "unknown driver to adopt",
+            {"json": {"submission_id": "driver-20000101000000-9999"}},
+            422,
+            "no driver",
+        ),
+        (
+            "spark refuses the resource",
+            {"json": {"job": {**job, "app_resource": "file:/elsewhere/job.py"}}},
+            422,
+            "Spark refused",
+        ),
+    ]
+
+
+def test_bad_submissions_are_refused_and_change_nothing(
+    svc: ServiceProcess, spark: SparkStandalone, job_body: JobBody, service_env: dict[str, str]
+) -> None:
+    drivers_before = _driver_count(spark)
+    for name, kwargs, status, phrase in _bad_bodies(job_body()):
+        answer = svc.post("/submit", **kwargs)
+        assert answer.status_code == status, f"{name}: {answer.status_code} {answer.text[:300]}"
+        assert phrase in answer.text, f"{name}: {answer.text[:300]}"
+        assert "Traceback" not in answer.text, name
+        assert "\tat " not in answer.text, name
+    assert svc.get("/jobs").json()["items"] == []
+    assert poll_job_ids(service_env["POLLER_DATABASE_URL"]) == set()
+    assert _driver_count(spark) == drivers_before
+
+
+def test_duplicate_request_id_is_409_without_a_second_submission(
+    svc: ServiceProcess, spark: SparkStandalone, job_body: JobBody
+) -> None:
+    first = svc.post("/submit", json={"request_id": "dup", "job": job_body()})
+    assert first.status_code == 202, first.text
+    drivers = _driver_count(spark)
+    again = svc.post("/submit", json={"request_id": "dup", "job": job_body()})
+    assert again.status_code == 409
+    assert "already exists" in again.json()["detail"]
+    assert _driver_count(spark) == drivers
+    assert svc.get("/jobs").json()["total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("get", "/jobs/bad%20id", 422),
+        ("delete", "/jobs/bad%20id", 422),
+        ("get", "/jobs?limit=0", 422),
+        ("get", "/jobs?state=SLEEPING", 422),
+        ("get", "/jobs/unknown", 404),
+        ("delete", "/jobs/unknown", 404),
+    ],
+)
+def test_bad_lookups(svc: ServiceProcess, method: str, path: str, status: int) -> None:
+    answer = getattr(svc, method)(path)
+    assert answer.status_code == status, answer.text
+    assert "detail" in answer.json()

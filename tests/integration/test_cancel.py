@@ -1,0 +1,68 @@
+"""DELETE /jobs/{request_id}: stops polling, publishes CANCELLED, optionally kills the driver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from poller.devstack import SparkStandalone, wait_for
+from tests.conftest import ServiceFactory
+from tests.support import EventReader, driver_state, poll_job_ids
+
+JobBody = Callable[..., dict[str, Any]]
+
+
+def test_cancel_stops_polling_and_publishes_cancelled(
+    start_service: ServiceFactory,
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+    database_url: str,
+) -> None:
+    svc = start_service(POLLER_DATABASE_URL=database_url)
+    answer = svc.post(
+        "/submit",
+        json={"request_id": "cancel-me", "labels": {"k": "v"}, "job": job_body(seconds=60)},
+    )
+    assert answer.status_code == 202, answer.text
+    submission_id = answer.json()["submission_id"]
+    wait_for(lambda: svc.job("cancel-me")["polls"] >= 2, 30, "two polls")
+
+    cancelled = svc.delete("/jobs/cancel-me")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "CANCELLED"
+    [event] = events.wait_for_keys({"cancel-me"})["cancel-me"]
+    assert event.value["state"] == "CANCELLED"
+    assert event.value["submission_id"] == submission_id
+    assert event.value["labels"] == {"k": "v"}
+    assert poll_job_ids(database_url) == set()
+
+    polls = svc.job("cancel-me")["polls"]
+    time.sleep(3.5)  # an observation window of three poll intervals: no status call may happen
+    assert svc.job("cancel-me")["polls"] == polls
+    assert driver_state(spark, submission_id) == "RUNNING"  # not killed: kill was not asked
+
+    assert svc.delete("/jobs/cancel-me").status_code == 409
+    assert svc.delete("/jobs/never-was").status_code == 404
+    assert len(events.drain()) == 1
+    requests.post(f"{spark.rest_url}/v1/submissions/kill/{submission_id}", timeout=10)
+
+
+def test_cancel_with_kill_ends_the_driver_killed(
+    start_service: ServiceFactory, spark: SparkStandalone, job_body: JobBody, events: EventReader
+) -> None:
+    svc = start_service()
+    answer = svc.post("/submit", json={"request_id": "kill-me", "job": job_body(seconds=60)})
+    assert answer.status_code == 202, answer.text
+    submission_id = answer.json()["submission_id"]
+    wait_for(lambda: driver_state(spark, submission_id) == "RUNNING", 60, "driver running")
+
+    cancelled = svc.delete("/jobs/kill-me", params={"kill": "true"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert "kill accepted by Spark" in cancelled.json()["message"]
+    [event] = events.wait_for_keys({"kill-me"})["kill-me"]
+    assert event.value["state"] == "CANCELLED"
+    wait_for(lambda: driver_state(spark, submission_id) == "KILLED", 30, "driver KILLED")

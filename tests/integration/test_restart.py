@@ -1,0 +1,115 @@
+"""Stops and crashes while polls are in flight lose nothing; start-up repairs the job table."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from poller.db import create_db_engine
+from poller.devstack import SparkStandalone, wait_for
+from poller.scheduler import PollScheduler
+from poller.service import JOB_FUNC
+from tests.conftest import ServiceFactory
+from tests.support import EventReader, ServiceProcess, driver_state, poll_job_ids
+
+JobBody = Callable[..., dict[str, Any]]
+
+
+def _submit_mix(svc: ServiceProcess, job_body: JobBody, prefix: str, count: int) -> dict[str, str]:
+    """Submit ``count`` jobs of mixed outcome and length; returns request_id -> submission_id."""
+    rng = random.Random(prefix)
+    submitted = {}
+    for i in range(count):
+        request_id = f"{prefix}-{i}"
+        body = job_body(seconds=rng.choice([1, 3, 5]), exit_code=rng.choice([0, 0, 1]))
+        answer = svc.post("/submit", json={"request_id": request_id, "job": body})
+        assert answer.status_code == 202, answer.text
+        submitted[request_id] = answer.json()["submission_id"]
+    return submitted
+
+
+def _assert_exactly_one_true_event_each(
+    events: EventReader, spark: SparkStandalone, submitted: dict[str, str]
+) -> None:
+    by_key = events.wait_for_keys(set(submitted), timeout_s=300)
+    assert set(by_key) == set(submitted), "an event for a request that was never made"
+    for request_id, found in by_key.items():
+        assert len({e.value["event_id"] for e in found}) == 1, f"{request_id}: distinct event ids"
+        event = found[0]
+        assert event.value["submission_id"] == submitted[request_id]
+        assert event.value["state"] == driver_state(spark, submitted[request_id]), request_id
+
+
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_restart_while_polling_loses_nothing(
+    stop: str,
+    start_service: ServiceFactory,
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+    database_url: str,
+) -> None:
+    svc = start_service(POLLER_DATABASE_URL=database_url)
+    submitted = _submit_mix(svc, job_body, f"restart-{stop[:4]}", 6)
+    # Stop once the first driver has ended, so the stop lands mid-flight for the others.
+    wait_for(lambda: any(svc.job(r)["polls"] > 0 for r in submitted), 60, "first polls")
+    if stop == "kill -9":
+        svc.kill9()
+    else:
+        assert svc.terminate() == 0
+    # Every driver ends while the service is down: the restarted one must still report each.
+    wait_for(
+        lambda: all(driver_state(spark, s) in {"FINISHED", "FAILED"} for s in submitted.values()),
+        120,
+        "drivers to end while the service is down",
+    )
+    start_service(POLLER_DATABASE_URL=database_url)
+    _assert_exactly_one_true_event_each(events, spark, submitted)
+    wait_for(lambda: poll_job_ids(database_url) == set(), 30, "poll jobs to be removed")
+
+
+def test_kill_9_repeatedly_mid_flight(
+    start_service: ServiceFactory, spark: SparkStandalone, job_body: JobBody, events: EventReader
+) -> None:
+    svc = start_service()
+    submitted = _submit_mix(svc, job_body, "crashy", 8)
+    for _ in range(4):
+        wait_for(lambda s=svc: s.get("/healthz").status_code == 200, 30, "service up")
+        svc.kill9()
+        svc = start_service()
+    _assert_exactly_one_true_event_each(events, spark, submitted)
+
+
+def test_startup_recreates_lost_jobs_and_drops_orphans(
+    start_service: ServiceFactory, job_body: JobBody, events: EventReader, database_url: str
+) -> None:
+    svc = start_service(POLLER_DATABASE_URL=database_url)
+    answer = svc.post("/submit", json={"request_id": "lost-job", "job": job_body(seconds=2)})
+    assert answer.status_code == 202, answer.text
+    assert svc.terminate() == 0
+
+    engine = create_db_engine(database_url)
+    with engine.begin() as conn:
+        # A row APScheduler cannot unpickle (it would silently delete it) ...
+        conn.execute(
+            sa.text("UPDATE apscheduler_jobs SET job_state = :junk WHERE id = 'lost-job'"),
+            {"junk": b"not a pickle"},
+        )
+    # ... and a poll job whose request does not exist.
+    ghost = PollScheduler(engine, JOB_FUNC, 1.0, 1)
+    ghost.start()
+    ghost.add("ghost", first_run_at=datetime.now(UTC))
+    ghost.shutdown()
+    engine.dispose()
+    assert poll_job_ids(database_url) == {"lost-job", "ghost"}
+
+    svc = start_service(POLLER_DATABASE_URL=database_url)
+    [event] = events.wait_for_keys({"lost-job"})["lost-job"]
+    assert event.value["state"] == "FINISHED"
+    assert "re-created 1 missing (lost-job), removed 1 orphan(s) (ghost)" in svc.logs()
+    wait_for(lambda: poll_job_ids(database_url) == set(), 30, "poll jobs to be removed")
