@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import typer
@@ -62,6 +63,8 @@ def serve(log_level: str = typer.Option("INFO", envvar="POLLER_LOG_LEVEL")) -> N
         server.should_exit = True
 
     service.on_fatal = stop_server
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done; that stop is a clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1 if service.fatal else 0))
     server.run()
     if service.fatal is not None or not server.started:
         raise typer.Exit(1)
