@@ -6,6 +6,7 @@ group), so nothing outlives the demo or a test run. Needs the ``dev`` extra (pys
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -394,5 +396,126 @@ class Postgres:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def header_text(value: str | bytes | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
 def _print_json(label: str, payload: object) -> None:
     print(f"{label}\n{json.dumps(payload, indent=2, sort_keys=True)}", flush=True)
+
+
+SAMPLE_JOB = """\
+import sys, time
+print("sample job: working for", sys.argv[1], "s")
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def demo(workdir: Path, once: bool) -> int:
+    """Bring up Spark, Kafka and the service; submit a sample job; print its completion event."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started: list[SparkStandalone | KafkaBroker | Daemon] = []
+    try:
+        print("starting Spark standalone (master + worker + REST server) ...", flush=True)
+        spark = SparkStandalone(workdir / "spark", cores=2, memory="2g").start()
+        started.append(spark)
+        print(f"  REST {spark.rest_url}  master {spark.master_url}  UI {spark.ui_url}", flush=True)
+        kafka = KafkaBroker(workdir / "kafka").start()
+        started.append(kafka)
+        topic = "spark-job-completions"
+        kafka.create_topic(topic)
+        print(f"kafka broker on {kafka.bootstrap_servers}, topic {topic}", flush=True)
+
+        port = free_port()
+        env = dict(os.environ)
+        env.update(
+            POLLER_PORT=str(port),
+            POLLER_DATABASE_URL=f"sqlite:///{workdir / 'poller.db'}",
+            POLLER_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+            POLLER_KAFKA_TOPIC=topic,
+            POLLER_SPARK_REST_URL=spark.rest_url,
+            POLLER_SPARK_MASTER_URL=spark.master_url,
+            POLLER_POLL_INTERVAL_SECONDS=os.environ.get("POLLER_POLL_INTERVAL_SECONDS", "2"),
+        )
+        service = Daemon(
+            "spark-poller", [sys.executable, "-m", "poller", "serve"], workdir / "service.log", env
+        )
+        started.append(service)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: requests.get(f"{base}/healthz", timeout=1).ok, 60, "the service")
+        print(f"spark-poller on {base} (log: {service.log_path})", flush=True)
+
+        job = workdir / "sample_job.py"
+        job.write_text(SAMPLE_JOB)
+        body = {
+            "labels": {"source": "demo"},
+            "job": {
+                "app_resource": f"file:{job}",
+                "app_args": ["3"],
+                "spark_properties": {
+                    "spark.pyspark.python": sys.executable,
+                    "spark.driver.memory": "512m",
+                },
+            },
+        }
+        answer = requests.post(f"{base}/submit", json=body, timeout=30)
+        answer.raise_for_status()
+        _print_json("POST /submit ->", answer.json())
+        request_id = answer.json()["request_id"]
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": "spark-poller-demo",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        print("waiting for the completion event on Kafka ...", flush=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None or message.error() or message.key() != request_id.encode():
+                continue
+            headers = {str(k): header_text(v) for k, v in list(message.headers() or [])}
+            _print_json("completion event headers:", headers)
+            _print_json("completion event value:", json.loads(message.value() or b"{}"))
+            break
+        else:
+            print("no completion event within 180 s; see the service log", flush=True)
+            return 1
+        consumer.close()
+        if once:
+            return 0
+        print(
+            f"\nthe stack is up; try:\n  curl -s {base}/jobs | python3 -m json.tool\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        while all(d.alive() for d in started if isinstance(d, Daemon)):
+            time.sleep(1)
+        print("the service stopped; see its log", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping ...", flush=True)
+        for part in reversed(started):
+            part.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m poller.devstack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("demo", help="whole local stack, one sample job, its completion event")
+    run.add_argument("--workdir", type=Path, default=Path(".demo"))
+    run.add_argument("--once", action="store_true", help="exit after printing the event")
+    args = parser.parse_args(argv)
+    return demo(args.workdir, args.once)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

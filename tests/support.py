@@ -16,7 +16,7 @@ import requests
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
-from poller.devstack import SparkStandalone, free_port, wait_for
+from poller.devstack import SparkStandalone, free_port, header_text, wait_for
 
 JOB_SCRIPT = """\
 import sys, time
@@ -93,12 +93,6 @@ class ServiceProcess:
         return result
 
 
-def _text(value: str | bytes | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 @dataclass
 class Event:
     key: str
@@ -130,9 +124,11 @@ class EventReader:
                 continue
             self.events.append(
                 Event(
-                    key=_text(message.key()),
+                    key=header_text(message.key()),
                     value=json.loads(message.value() or b"{}"),
-                    headers={_text(k): _text(v) for k, v in list(message.headers() or [])},
+                    headers={
+                        header_text(k): header_text(v) for k, v in list(message.headers() or [])
+                    },
                     timestamp_ms=message.timestamp()[1],
                 )
             )
