@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,14 @@ def _submit_mix(svc: ServiceProcess, job_body: JobBody, prefix: str, count: int)
         assert answer.status_code == 202, answer.text
         submitted[request_id] = answer.json()["submission_id"]
     return submitted
+
+
+def _total_polls(svc: ServiceProcess) -> int:
+    return sum(item["polls"] for item in svc.get("/jobs").json()["items"])
+
+
+def _polled_since(svc: ServiceProcess, before: int) -> bool:
+    return _total_polls(svc) > before
 
 
 def _assert_exactly_one_true_event_each(
@@ -79,7 +88,9 @@ def test_kill_9_repeatedly_mid_flight(
     svc = start_service()
     submitted = _submit_mix(svc, job_body, "crashy", 8)
     for _ in range(4):
-        wait_for(lambda s=svc: s.get("/healthz").status_code == 200, 30, "service up")
+        # Let this incarnation make at least one more status call, then crash it.
+        before = _total_polls(svc)
+        wait_for(partial(_polled_since, svc, before), 30, "another poll")
         svc.kill9()
         svc = start_service()
     _assert_exactly_one_true_event_each(events, spark, submitted)
