@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from functools import partial
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
