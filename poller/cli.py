@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 
 from poller.api import create_app
 from poller.config import Settings
+from poller.schemas import event_json_schema
 from poller.service import Service
 
 app = typer.Typer(
@@ -38,6 +40,12 @@ def load_settings() -> Settings:
         )
         typer.echo(f"invalid configuration: {problems}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command("event-schema")
+def event_schema() -> None:
+    """Print the JSON Schema of the completion event's value."""
+    typer.echo(json.dumps(event_json_schema(), indent=2))
 
 
 @app.command()

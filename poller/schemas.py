@@ -167,6 +167,15 @@ class DriverStatus(BaseModel):
     message: str | None = None
 
 
+def event_json_schema() -> dict[str, object]:
+    """JSON Schema (2020-12) of the event value; shipped as poller/event.schema.json."""
+    schema: dict[str, object] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **CompletionEvent.model_json_schema(mode="serialization"),
+    }
+    return schema
+
+
 class CompletionEvent(BaseModel):
     """The value of the one Kafka message published per request (key = request_id)."""
 
