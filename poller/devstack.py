@@ -326,41 +326,46 @@ class Postgres:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
-    def start(self) -> Postgres:
-        bindir = postgres_bindir()
+    def _init(self, bindir: Path) -> None:
         if self.user:
             # The server's user must reach its data directory; pytest's temp root is private.
             self.workdir = Path(tempfile.mkdtemp(prefix="spark-poller-pg-"))
             entry = pwd.getpwnam(self.user)
             os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        data = self.workdir / "data"
+        argv = [
+            str(bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]
         init = subprocess.run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-            capture_output=True,
-            user=self.user,
-            cwd=self.workdir,
-            check=False,
+            argv, capture_output=True, user=self.user, cwd=self.workdir, check=False
         )
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    def start(self) -> Postgres:
+        """Start the server; the first start creates the cluster, later ones reuse its data."""
+        bindir = postgres_bindir()
+        if self.daemon is None:
+            self._init(bindir)
         self.daemon = Daemon(
             "postgres",
             [
                 str(bindir / "postgres"),
                 "-D",
-                str(data),
+                str(self.data_dir),
                 "-h",
                 "127.0.0.1",
                 "-p",
@@ -389,9 +394,13 @@ class Postgres:
         )
         return probe.returncode == 0
 
-    def stop(self) -> None:
+    def stop_server(self) -> None:
+        """Stop the server but keep its data: ``start()`` brings the same database back."""
         if self.daemon is not None:
             self.daemon.stop(grace_s=20)
+
+    def stop(self) -> None:
+        self.stop_server()
         if self.user:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -1,0 +1,65 @@
+"""The database going away mid-flight: the scheduler thread survives and nothing is lost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from poller.devstack import Postgres, wait_for
+from tests.conftest import ServiceFactory
+from tests.support import EventReader, poll_job_ids
+
+JobBody = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[Postgres]:
+    """A PostgreSQL server of this test's own, so stopping it troubles no other test."""
+    server = Postgres(tmp_path / "pg").start()
+    yield server
+    server.stop()
+
+
+def test_service_rides_out_a_database_outage(
+    own_postgres: Postgres,
+    start_service: ServiceFactory,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    svc = start_service(POLLER_DATABASE_URL=own_postgres.url)
+    submitted = {
+        f"outage-{i}": svc.post(
+            "/submit", json={"request_id": f"outage-{i}", "job": job_body(seconds=i)}
+        )
+        for i in range(3)
+    }
+    assert {a.status_code for a in submitted.values()} == {202}
+    wait_for(lambda: svc.job("outage-2")["polls"] >= 1, 60, "polling under way")
+
+    own_postgres.stop_server()
+    # Polls and the scheduler's own job-store writes now fail; the process must stay up and sane.
+    wait_for(
+        lambda: "job store" in svc.logs() or "database unavailable" in svc.logs(),
+        30,
+        "the outage to be noticed",
+    )
+    assert svc.running()
+    assert svc.get("/healthz").status_code == 200
+    assert svc.get("/jobs/outage-0").status_code == 503
+
+    own_postgres.start()
+    by_key = events.wait_for_keys(set(submitted), timeout_s=120)
+    for request_id, found in by_key.items():
+        assert {e.value["state"] for e in found} == {"FINISHED"}, request_id
+        assert found[0].value["submission_id"] == submitted[request_id].json()["submission_id"]
+    assert svc.running()
+    wait_for(lambda: poll_job_ids(own_postgres.url) == set(), 30, "poll jobs removed")
+    engine = sa.create_engine(own_postgres.url)
+    with engine.connect() as conn:
+        phases = set(conn.scalars(sa.text("SELECT phase FROM poller_requests")))
+    engine.dispose()
+    assert phases == {"done"}
