@@ -14,6 +14,7 @@ from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import StoreUnavailable
 
@@ -119,8 +120,11 @@ class PollScheduler:
     def stored_ids(self) -> set[str]:
         """Ids of every stored job row, read straight from the table (cheap; no unpickling)."""
         table = self.jobstore.jobs_t
-        with self.jobstore.engine.connect() as conn:
-            return set(conn.scalars(select(table.c.id)))
+        try:
+            with self.jobstore.engine.connect() as conn:
+                return set(conn.scalars(select(table.c.id)))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     def next_run_times(self, request_ids: Iterable[str]) -> dict[str, datetime]:
         """Next poll time of each given request that has a job, read from the job table."""
@@ -129,8 +133,11 @@ class PollScheduler:
             return {}
         table = self.jobstore.jobs_t
         query = select(table.c.id, table.c.next_run_time).where(table.c.id.in_(ids))
-        with self.jobstore.engine.connect() as conn:
-            rows: list[Any] = list(conn.execute(query))
+        try:
+            with self.jobstore.engine.connect() as conn:
+                rows: list[Any] = list(conn.execute(query))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         return {
             row.id: datetime.fromtimestamp(row.next_run_time, UTC)
             for row in rows

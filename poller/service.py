@@ -17,6 +17,7 @@ from poller.errors import (
     RequestConflict,
     RequestNotFound,
     SparkError,
+    StoreUnavailable,
     UnknownCluster,
 )
 from poller.events import EventPublisher
@@ -189,7 +190,18 @@ class Service:
             raise
         self.store.mark_submitted(request_id, submission_id, state)
         # An adopted driver that already ended is published at once rather than after an interval.
-        self.scheduler.add(request_id, first_run_at=datetime.now(UTC) if state.terminal else None)
+        try:
+            self.scheduler.add(
+                request_id, first_run_at=datetime.now(UTC) if state.terminal else None
+            )
+        except StoreUnavailable as exc:
+            # The record says "polling", so the periodic reconcile registers the job later.
+            logger.warning(
+                "poll job of %s not registered yet (%s); reconcile will add it",
+                request_id,
+                exc.message,
+                extra={"request_id": request_id},
+            )
         logger.info(
             "tracking %s: driver %s on %s (%s)",
             request_id,
