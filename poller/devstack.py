@@ -79,12 +79,12 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL it if it lingers."""
+    def stop(self, grace_s: float = 10.0, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Signal the process group (SIGTERM), then SIGKILL it if it lingers."""
         if not self.alive():
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, sig)
         try:
             self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -397,7 +397,8 @@ class Postgres:
     def stop_server(self) -> None:
         """Stop the server but keep its data: ``start()`` brings the same database back."""
         if self.daemon is not None:
-            self.daemon.stop(grace_s=20)
+            # SIGINT is PostgreSQL's fast shutdown: it does not wait for clients to disconnect.
+            self.daemon.stop(grace_s=20, sig=signal.SIGINT)
 
     def stop(self) -> None:
         self.stop_server()
