@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poller.errors import (
@@ -22,6 +24,7 @@ from poller.errors import (
     SparkRejected,
     SparkUnavailable,
     StoreUnavailable,
+    Unauthorized,
 )
 from poller.schemas import (
     REQUEST_ID_PATTERN,
@@ -29,6 +32,7 @@ from poller.schemas import (
     ErrorBody,
     JobPage,
     JobRecord,
+    Phase,
     SubmitRequest,
     SubmitResponse,
 )
@@ -41,6 +45,7 @@ SPARK_CLIENT_ERRORS = frozenset({400, 413})
 NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
 
 ERROR_STATUS: list[tuple[type[PollerError], int]] = [
+    (Unauthorized, 401),
     (InvalidRequest, 422),
     (RequestNotFound, 404),
     (RequestConflict, 409),
@@ -123,7 +128,83 @@ def get_service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+bearer = HTTPBearer(auto_error=False, description="POLLER_API_TOKEN, when set")
 RequestIdPath = Annotated[str, Path(pattern=REQUEST_ID_PATTERN)]
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """Checks the bearer token in constant time when POLLER_API_TOKEN is set."""
+    expected = get_service(request).settings.api_token
+    if expected is None:
+        return
+    supplied = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(supplied.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized("missing or wrong bearer token")
+
+
+jobs_router = APIRouter()
+health_router = APIRouter()
+
+
+@jobs_router.post("/submit", status_code=202)
+def submit(body: SubmitRequest, svc: ServiceDep) -> SubmitResponse:
+    """Submit a Spark job (``job``) or adopt a driver (``submission_id``), then poll it."""
+    return svc.submit(body)
+
+
+@jobs_router.get("/jobs/{request_id}")
+def get_job(request_id: RequestIdPath, svc: ServiceDep) -> JobRecord:
+    """The tracked record of one request."""
+    return svc.get(request_id)
+
+
+@jobs_router.get("/jobs")
+def list_jobs(
+    svc: ServiceDep,
+    state: DriverState | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """Tracked requests, oldest first, optionally only those in ``state``."""
+    return svc.list_jobs(state, limit, offset)
+
+
+@jobs_router.delete("/jobs/{request_id}", responses={202: {"model": JobRecord}})
+def cancel_job(
+    request_id: RequestIdPath, svc: ServiceDep, response: Response, kill: bool = False
+) -> JobRecord:
+    """Stop polling and publish a CANCELLED event.
+
+    ``kill=true`` first asks Spark to kill the driver; the event then waits until Spark confirms
+    the driver ended: 200 when that already happened, 202 (phase ``cancelling``) while it is
+    still awaited.
+    """
+    record = svc.cancel(request_id, kill)
+    if record.phase == Phase.CANCELLING:
+        response.status_code = 202
+    return record
+
+
+@health_router.get("/healthz")
+def healthz(svc: ServiceDep) -> JSONResponse:
+    """200 while the process serves and its scheduler runs."""
+    if svc.healthy():
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "failing", "detail": svc.fatal}, status_code=503)
+
+
+@health_router.get("/readyz")
+def readyz(svc: ServiceDep) -> JSONResponse:
+    """200 when the database, the Kafka broker and the scheduler all work; 503 says which not."""
+    checks = svc.readiness()
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
@@ -159,6 +240,7 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
         responses={
             400: {"model": ErrorBody},
+            401: {"model": ErrorBody},
             404: {"model": ErrorBody},
             409: {"model": ErrorBody},
             413: {"model": ErrorBody},
@@ -179,43 +261,15 @@ def create_app(service: Service) -> FastAPI:
     async def _on_poller_error(request: Request, exc: PollerError) -> JSONResponse:
         status = status_for(exc)
         logger.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
-        return JSONResponse({"detail": exc.message}, status_code=status)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
 
     @app.exception_handler(Exception)
     async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    @app.post("/submit", status_code=202)
-    def submit(body: SubmitRequest, svc: ServiceDep) -> SubmitResponse:
-        """Submit a Spark job (``job``) or adopt a driver (``submission_id``), then poll it."""
-        return svc.submit(body)
-
-    @app.get("/jobs/{request_id}")
-    def get_job(request_id: RequestIdPath, svc: ServiceDep) -> JobRecord:
-        """The tracked record of one request."""
-        return svc.get(request_id)
-
-    @app.get("/jobs")
-    def list_jobs(
-        svc: ServiceDep,
-        state: DriverState | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> JobPage:
-        """Tracked requests, oldest first, optionally only those in ``state``."""
-        return svc.list_jobs(state, limit, offset)
-
-    @app.delete("/jobs/{request_id}")
-    def cancel_job(request_id: RequestIdPath, svc: ServiceDep, kill: bool = False) -> JobRecord:
-        """Stop polling and publish a CANCELLED event; ``kill=true`` first asks Spark to kill it."""
-        return svc.cancel(request_id, kill)
-
-    @app.get("/healthz")
-    def healthz(svc: ServiceDep) -> JSONResponse:
-        """200 while the process serves and its scheduler runs."""
-        if svc.healthy():
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "failing", "detail": svc.fatal}, status_code=503)
-
+    health_auth = [Depends(require_token)] if service.settings.health_requires_token else []
+    app.include_router(jobs_router, dependencies=[Depends(require_token)])
+    app.include_router(health_router, dependencies=health_auth)
     return app

@@ -22,6 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from pydantic import SecretStr
+
+from poller.spark import jws_token
 
 SPARK_STARTUP_TIMEOUT_S = 90.0
 
@@ -117,11 +120,16 @@ class SparkStandalone:
         cores: int = 4,
         memory: str = "8g",
         extra_conf: dict[str, str] | None = None,
+        jws_secret: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.cores = cores
         self.memory = memory
-        self.extra_conf = extra_conf or {}
+        self.extra_conf = dict(extra_conf or {})
+        self.jws_secret = jws_secret
+        if jws_secret is not None:  # the REST server then demands a signed bearer token
+            self.extra_conf["spark.master.rest.filters"] = "org.apache.spark.ui.JWSFilter"
+            self.extra_conf["spark.org.apache.spark.ui.JWSFilter.param.secretKey"] = jws_secret
         self.master_port = free_port()
         self.rest_port = free_port()
         self.master_ui_port = free_port()
@@ -223,11 +231,19 @@ class SparkStandalone:
         for daemon in (self.master, self.worker):
             if daemon is None or not daemon.alive():
                 raise RuntimeError(f"{daemon.name if daemon else 'spark'} exited early")
-        ready = requests.get(f"{self.rest_url}/v1/submissions/readyz", timeout=2)
+        ready = requests.get(
+            f"{self.rest_url}/v1/submissions/readyz", headers=self.rest_headers(), timeout=2
+        )
         if ready.status_code != 200:
             return False
         state = requests.get(f"{self.ui_url}/json/", timeout=2).json()
         return int(state.get("aliveworkers", 0)) >= 1
+
+    def rest_headers(self) -> dict[str, str]:
+        """Headers a REST call to this master needs (a JWS when the filter is on)."""
+        if self.jws_secret is None:
+            return {}
+        return {"Authorization": f"Bearer {jws_token(SecretStr(self.jws_secret))}"}
 
     def cluster_state(self) -> dict[str, object]:
         """The master's whole-cluster JSON view (drivers, workers, apps)."""

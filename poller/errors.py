@@ -23,6 +23,10 @@ class PollerError(Exception):
         self.message = message
 
 
+class Unauthorized(PollerError):
+    pass
+
+
 class InvalidRequest(PollerError):
     pass
 

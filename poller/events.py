@@ -9,7 +9,9 @@ from typing import Any
 from cloudevents.core.bindings.kafka import KafkaMessage, to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from pydantic import SecretStr
 
+from poller.config import Settings
 from poller.errors import PublishFailed
 from poller.schemas import CompletionEvent
 
@@ -35,29 +37,44 @@ def to_kafka_message(event: CompletionEvent, source: str) -> KafkaMessage:
     return to_binary_event(cloud_event, key_mapper=lambda _: event.request_id.encode())
 
 
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka settings: idempotent, acks=all, plus the security settings passed through."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "message.timeout.ms": int(settings.kafka_delivery_timeout_s * 1000),
+        "linger.ms": 5,
+        "client.id": "spark-poller",
+    }
+    optional = {
+        "security.protocol": settings.kafka_security_protocol,
+        "sasl.mechanism": settings.kafka_sasl_mechanism,
+        "sasl.username": settings.kafka_sasl_username,
+        "sasl.password": settings.kafka_sasl_password,
+        "ssl.ca.location": settings.kafka_ssl_ca_location,
+        **settings.kafka_extra_config,
+    }
+    for key, value in optional.items():
+        if value is not None:
+            config[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return config
+
+
 class EventPublisher:
     """One idempotent producer (acks=all); ``publish`` returns once the broker has the event."""
 
     def __init__(
-        self,
-        bootstrap_servers: str,
-        topic: str,
-        source: str,
-        delivery_timeout_s: float,
-        extra_config: dict[str, Any] | None = None,
+        self, config: dict[str, Any], topic: str, source: str, delivery_timeout_s: float
     ) -> None:
         self.topic = topic
         self.source = source
         self.delivery_timeout_s = delivery_timeout_s
+        # librdkafka's own log lines go through Python logging, not straight to stderr.
         self._config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "message.timeout.ms": int(delivery_timeout_s * 1000),
-            "linger.ms": 5,
-            "client.id": "spark-poller",
+            **config,
             "error_cb": self._on_error,
-            **(extra_config or {}),
+            "logger": logging.getLogger("poller.kafka"),
         }
         self._lock = threading.Lock()
         self._producer = Producer(self._config)
@@ -117,15 +134,18 @@ class EventPublisher:
                 self._replace_producer(producer)
             raise PublishFailed(f"Kafka did not take the event: {err.str()}")
 
-    def reachable(self, timeout_s: float = 2.0) -> bool:
-        """Whether the broker answers a metadata request for our topic."""
+    def problem(self, timeout_s: float = 2.0) -> str | None:
+        """Why the broker cannot take our events right now, or None when it can."""
         with self._lock:
             producer = self._producer
         try:
-            metadata = producer.list_topics(self.topic, timeout=timeout_s)
+            # All topics: asking for ours by name could auto-create it.
+            metadata = producer.list_topics(timeout=timeout_s)
         except KafkaException:
-            return False
-        return self.topic in metadata.topics
+            return "broker unreachable"
+        if self.topic not in metadata.topics:
+            return f"topic {self.topic} missing"
+        return None
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._stop.set()

@@ -30,6 +30,7 @@ class RequestRow(Base):
     unknown_polls: Mapped[int] = mapped_column(Integer, default=0)
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     last_polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     event_id: Mapped[str | None] = mapped_column(String(36))
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

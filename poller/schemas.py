@@ -39,6 +39,8 @@ class DriverState(StrEnum):
     KILLED = "KILLED"
     ERROR = "ERROR"
     CANCELLED = "CANCELLED"  # ours: DELETE /jobs/{request_id}
+    LOST = "LOST"  # ours: Spark stopped knowing a driver it had
+    TIMED_OUT = "TIMED_OUT"  # ours: a configured time limit ran out
 
     @property
     def terminal(self) -> bool:
@@ -52,6 +54,8 @@ TERMINAL_STATES = frozenset(
         DriverState.KILLED,
         DriverState.ERROR,
         DriverState.CANCELLED,
+        DriverState.LOST,
+        DriverState.TIMED_OUT,
     }
 )
 
@@ -61,6 +65,7 @@ class Phase(StrEnum):
 
     SUBMITTING = "submitting"
     POLLING = "polling"
+    CANCELLING = "cancelling"  # a kill was asked; waiting for Spark to confirm it
     PUBLISHING = "publishing"  # outcome recorded, event not yet confirmed by Kafka
     DONE = "done"
 
@@ -140,9 +145,11 @@ class JobRecord(BaseModel):
     message: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     polls: int = 0
+    unknown_polls: int = 0
     submitted_at: datetime
     last_polled_at: datetime | None = None
     next_poll_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
     completed_at: datetime | None = None
     event_id: str | None = None
 
@@ -185,7 +192,10 @@ class CompletionEvent(BaseModel):
     request_id: str
     submission_id: str | None
     cluster: str
-    state: DriverState = Field(description="Final state: a terminal driver state, or CANCELLED.")
+    state: DriverState = Field(
+        description="Final state: FINISHED, FAILED, KILLED, ERROR (Spark's), or CANCELLED, LOST, "
+        "TIMED_OUT (the service's)."
+    )
     spark_state: str | None = Field(description="Spark's last raw driverState, if one was seen.")
     message: str | None = Field(description="Spark's message, when it gave one.")
     submitted_at: datetime

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,8 +22,8 @@ from poller.errors import (
     StoreUnavailable,
     UnknownCluster,
 )
-from poller.events import EventPublisher
-from poller.polling import Poller
+from poller.events import EventPublisher, producer_config
+from poller.polling import Poller, PollPolicy
 from poller.scheduler import PollScheduler
 from poller.schemas import (
     DriverState,
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 JOB_FUNC = "poller.polling:run_poll"
 WATCHDOG_STEP_S = 1.0
+KILL_CONFIRM_INLINE_S = 3.0
+KILL_CONFIRM_STEP_S = 0.2
 
 
 class Service:
@@ -46,7 +50,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = create_db_engine(
-            settings.database_url, pool_size=settings.scheduler_threads + 5
+            settings.database_url.get_secret_value(), pool_size=settings.scheduler_threads + 5
         )
         self.store = RequestStore(self.engine)
         self.clusters = {
@@ -60,7 +64,7 @@ class Service:
             for name, cluster in settings.clusters.items()
         }
         self.publisher = EventPublisher(
-            settings.kafka_bootstrap_servers,
+            producer_config(settings),
             settings.kafka_topic,
             settings.event_source,
             settings.kafka_delivery_timeout_s,
@@ -68,7 +72,16 @@ class Service:
         self.scheduler = PollScheduler(
             self.engine, JOB_FUNC, settings.poll_interval_seconds, settings.scheduler_threads
         )
-        self.poller = Poller(self.store, self.clusters, self.publisher, self.scheduler.remove)
+        policy = PollPolicy(
+            lost_after_unknown_polls=settings.lost_after_unknown_polls,
+            max_submitted_s=settings.max_submitted_s,
+            max_tracking_s=settings.max_tracking_s,
+            kill_on_timeout=settings.kill_on_timeout,
+            kill_confirm_timeout_s=settings.kill_confirm_timeout_s,
+        )
+        self.poller = Poller(
+            self.store, self.clusters, self.publisher, self.scheduler.remove, policy
+        )
         self.fatal: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         self._stopping = threading.Event()
@@ -95,7 +108,15 @@ class Service:
     def stop(self) -> None:
         """Let running polls finish, flush the producer, release connections."""
         self._stopping.set()
-        self.scheduler.shutdown(wait=True)
+        # Running polls may finish, within a bound: an interrupted one is redone after restart.
+        stopper = threading.Thread(target=self.scheduler.shutdown, name="scheduler-stop")
+        stopper.start()
+        stopper.join(self.settings.shutdown_timeout_s)
+        if stopper.is_alive():
+            logger.warning(
+                "polls still running after %.0fs; stopping without them",
+                self.settings.shutdown_timeout_s,
+            )
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
         self.publisher.close()
@@ -158,6 +179,19 @@ class Service:
     def healthy(self) -> bool:
         return self.fatal is None and self.scheduler.alive()
 
+    def readiness(self) -> dict[str, str]:
+        """Each dependency's state: "ok" or what is wrong with it."""
+        try:
+            self.store.ping()
+            database = "ok"
+        except PollerError as exc:
+            database = exc.message
+        return {
+            "database": database,
+            "kafka": self.publisher.problem() or "ok",
+            "scheduler": "ok" if self.healthy() else (self.fatal or "not running"),
+        }
+
     # -- use cases -------------------------------------------------------------------------------
 
     def _client(self, cluster: str) -> SparkClient:
@@ -167,9 +201,16 @@ class Service:
             known = ", ".join(sorted(self.clusters))
             raise UnknownCluster(f"unknown cluster {cluster!r}; known: {known}") from None
 
+    def _check_allowed(self, app_resource: str) -> None:
+        patterns = self.settings.allowed_app_resources
+        if patterns and not any(re.fullmatch(p, app_resource) for p in patterns):
+            raise InvalidRequest("app_resource is not in the allowed list of this service")
+
     def submit(self, request: SubmitRequest) -> SubmitResponse:
         """Submit (or adopt) a driver and register its poll job. Nothing stays behind on failure."""
         client = self._client(request.cluster)
+        if request.job is not None:
+            self._check_allowed(request.job.app_resource)
         request_id = request.request_id or str(uuid.uuid4())
         self.store.insert(request_id, request.cluster, request.labels)
         try:
@@ -235,26 +276,55 @@ class Service:
         ]
 
     def cancel(self, request_id: str, kill: bool) -> JobRecord:
-        """Stop polling, publish a CANCELLED event; ``kill`` asks Spark to kill the driver first."""
+        """Stop polling and publish a CANCELLED event.
+
+        With ``kill`` Spark is asked to kill the driver first, and the event waits for Spark to
+        confirm the driver ended (briefly here, then in the poll job up to a deadline); the
+        returned record is then in phase ``cancelling``.
+        """
         with self.poller.lock_for(request_id):
             record = self.store.get(request_id)
             if record is None:
                 raise RequestNotFound(f"no request {request_id!r}")
             if record.phase == Phase.SUBMITTING:
                 raise RequestConflict(f"request {request_id!r} is still being submitted")
+            if record.phase == Phase.CANCELLING:
+                raise RequestConflict(f"request {request_id!r} is already being cancelled")
             if record.phase != Phase.POLLING:
                 raise RequestConflict(
                     f"request {request_id!r} already ended ({record.state.value})"
                 )
-            message = "cancelled by request"
-            if kill and record.submission_id is not None:
-                accepted, spark_message = self._client(record.cluster).kill(record.submission_id)
-                message += f"; kill {'accepted' if accepted else 'refused'} by Spark"
-                if spark_message:
-                    message += f": {spark_message}"
-            record = self.poller.complete(request_id, DriverState.CANCELLED, message)
-        logger.info("cancelled %s (kill=%s)", request_id, kill, extra={"request_id": request_id})
+            if not kill or record.submission_id is None:
+                record = self.poller.complete(
+                    request_id, DriverState.CANCELLED, "cancelled by request"
+                )
+            else:
+                record = self._kill_and_confirm(record)
+        logger.info(
+            "cancel of %s: %s (kill=%s)",
+            request_id,
+            record.phase.value,
+            kill,
+            extra={"request_id": request_id},
+        )
         return self._with_next_poll([record])[0]
+
+    def _kill_and_confirm(self, record: JobRecord) -> JobRecord:
+        assert record.submission_id is not None
+        accepted, spark_message = self._client(record.cluster).kill(record.submission_id)
+        message = f"cancelled by request; kill {'accepted' if accepted else 'refused'} by Spark"
+        if spark_message:
+            message += f": {spark_message}"
+        self.store.mark_cancelling(record.request_id, message)
+        # Spark reports KILLED a fraction of a second after the kill: confirm it here if we can.
+        deadline = time.monotonic() + KILL_CONFIRM_INLINE_S
+        while True:
+            current = self.poller.advance(record.request_id)
+            if current is None or current.phase != Phase.CANCELLING:
+                return current or record
+            if time.monotonic() > deadline:
+                return current
+            time.sleep(KILL_CONFIRM_STEP_S)
 
 
 def _sample(ids: set[str], limit: int = 5) -> str:

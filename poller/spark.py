@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import time
 from typing import Any
 
+import jwt
 import requests
+from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 from tenacity import (
     Retrying,
@@ -22,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 PYTHON_RUNNER = "org.apache.spark.deploy.PythonRunner"
 MAX_MESSAGE_CHARS = 2000
+JWS_LIFETIME_S = 300
 
 
 def create_request_body(
@@ -53,6 +58,16 @@ def create_request_body(
         "sparkProperties": properties,
         "environmentVariables": {"SPARK_ENV_LOADED": "1", **spec.environment_variables},
     }
+
+
+def jws_token(secret: SecretStr, lifetime_s: int = JWS_LIFETIME_S) -> str:
+    """An HS256 JWS for Spark's JWSFilter, signed with the master's base64url secret key."""
+    encoded = secret.get_secret_value()
+    key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    now = int(time.time())
+    return jwt.encode(
+        {"sub": "spark-poller", "iat": now, "exp": now + lifetime_s}, key, algorithm="HS256"
+    )
 
 
 def parse_status(payload: dict[str, Any]) -> DriverStatus:
@@ -133,6 +148,11 @@ class SparkClient:
     def close(self) -> None:
         self._session.close()
 
+    def _headers(self) -> dict[str, str]:
+        if self.cluster.jws_secret is None:
+            return {}
+        return {"Authorization": f"Bearer {jws_token(self.cluster.jws_secret)}"}
+
     def _call(
         self, method: str, path: str, *, idempotent: bool, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -149,7 +169,9 @@ class SparkClient:
     def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         url = f"{self.cluster.rest_base}/v1/submissions/{path}"
         try:
-            response = self._session.request(method, url, json=body, timeout=self.timeout_s)
+            response = self._session.request(
+                method, url, json=body, headers=self._headers(), timeout=self.timeout_s
+            )
         except requests.RequestException as exc:
             raise SparkUnavailable(
                 f"Spark cluster {self.name!r} unreachable: {type(exc).__name__}",

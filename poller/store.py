@@ -19,7 +19,8 @@ from poller.schemas import DriverState, JobRecord, Phase, event_id_for
 P = ParamSpec("P")
 R = TypeVar("R")
 
-ACTIVE_PHASES = (Phase.POLLING.value, Phase.PUBLISHING.value)
+ACTIVE_PHASES = (Phase.POLLING.value, Phase.CANCELLING.value, Phase.PUBLISHING.value)
+ASKING_SPARK = (Phase.POLLING.value, Phase.CANCELLING.value)
 
 
 def utcnow() -> datetime:
@@ -64,6 +65,8 @@ def _record(row: RequestRow) -> JobRecord:
         message=row.message,
         labels=dict(row.labels or {}),
         polls=row.polls,
+        unknown_polls=row.unknown_polls,
+        cancel_requested_at=_as_utc(row.cancel_requested_at),
         submitted_at=submitted_at,
         last_polled_at=_as_utc(row.last_polled_at),
         completed_at=_as_utc(row.completed_at),
@@ -181,13 +184,24 @@ class RequestStore:
         with self._tx() as session:
             session.execute(
                 update(RequestRow)
-                .where(RequestRow.request_id == request_id, RequestRow.phase == Phase.POLLING.value)
+                .where(RequestRow.request_id == request_id, RequestRow.phase.in_(ASKING_SPARK))
                 .values(**values)
             )
 
     @_translate_db_errors
+    def mark_cancelling(self, request_id: str, message: str) -> bool:
+        """A kill was asked of Spark (POLLING -> CANCELLING); False if the request moved on."""
+        with self._tx() as session:
+            result = session.execute(
+                update(RequestRow)
+                .where(RequestRow.request_id == request_id, RequestRow.phase == Phase.POLLING.value)
+                .values(phase=Phase.CANCELLING.value, cancel_requested_at=utcnow(), message=message)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    @_translate_db_errors
     def complete(self, request_id: str, final_state: DriverState, message: str | None) -> bool:
-        """Fix the request's outcome once (POLLING -> PUBLISHING); False if it was already fixed."""
+        """Fix the request's outcome once (-> PUBLISHING); False if it was already fixed."""
         values: dict[str, object] = {
             "phase": Phase.PUBLISHING.value,
             "state": final_state.value,
@@ -199,7 +213,7 @@ class RequestStore:
         with self._tx() as session:
             result = session.execute(
                 update(RequestRow)
-                .where(RequestRow.request_id == request_id, RequestRow.phase == Phase.POLLING.value)
+                .where(RequestRow.request_id == request_id, RequestRow.phase.in_(ASKING_SPARK))
                 .values(**values)
             )
             return bool(getattr(result, "rowcount", 0))

@@ -63,6 +63,9 @@ def test_cancel_with_kill_ends_the_driver_killed(
     cancelled = svc.delete("/jobs/kill-me", params={"kill": "true"})
     assert cancelled.status_code == 200, cancelled.text
     assert "kill accepted by Spark" in cancelled.json()["message"]
+    assert cancelled.json()["phase"] == "done"
+    assert driver_state(spark, submission_id) == "KILLED"  # confirmed before the event went out
     [event] = events.wait_for_keys({"kill-me"})["kill-me"]
     assert event.value["state"] == "CANCELLED"
-    wait_for(lambda: driver_state(spark, submission_id) == "KILLED", 30, "driver KILLED")
+    assert event.value["spark_state"] == "KILLED"
+    assert "driver ended KILLED" in event.value["message"]

@@ -12,7 +12,7 @@ def test_defaults_and_default_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("POLLER_CLUSTERS", "POLLER_SPARK_REST_URL", "POLLER_DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
     settings = Settings()
-    assert settings.database_url == "sqlite:///./poller.db"
+    assert settings.database_url.get_secret_value() == "sqlite:///./poller.db"
     assert settings.poll_interval_seconds == 30
     assert settings.kafka_topic == "spark-job-completions"
     assert settings.clusters["default"].rest_base == "http://localhost:6066"

@@ -71,4 +71,6 @@ def test_terminal_states() -> None:
         DriverState.KILLED,
         DriverState.ERROR,
         DriverState.CANCELLED,
+        DriverState.LOST,
+        DriverState.TIMED_OUT,
     }
