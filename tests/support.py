@@ -58,7 +58,9 @@ class ServiceProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.logs()[-3000:]}")
-        return self.http.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        token = self.env.get("POLLER_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.http.get(f"{self.url}/healthz", headers=headers, timeout=1).status_code == 200
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
