@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
+import threading
 import time
 from typing import Any
 
@@ -123,6 +125,39 @@ def _retryable(idempotent: bool) -> Any:
     return retry_if_exception(check)
 
 
+class Backoff:
+    """Spares a cluster that stopped answering: after a failed call, calls fail fast for a
+    jittered, exponentially growing pause (capped), so thousands of poll jobs do not hammer a
+    master that is down or restarting."""
+
+    def __init__(self, name: str, base_s: float = 1.0, cap_s: float = 60.0) -> None:
+        self.name = name
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self._failures = 0
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        with self._lock:
+            remaining = self._until - time.monotonic()
+        if remaining > 0:
+            raise SparkUnavailable(
+                f"Spark cluster {self.name!r} is backing off for {remaining:.1f}s after failures"
+            )
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures += 1
+            pause = min(self.cap_s, self.base_s * 2 ** (self._failures - 1))
+            self._until = time.monotonic() + pause * random.uniform(0.5, 1.0)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._until = 0.0
+
+
 class SparkClient:
     """One cluster's REST API; every call has a timeout and retries transient failures briefly."""
 
@@ -140,6 +175,7 @@ class SparkClient:
         self.timeout_s = timeout_s
         self.client_version = client_version
         self.attempts = attempts
+        self.backoff = Backoff(name)
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
         self._session.mount("http://", adapter)
@@ -156,15 +192,24 @@ class SparkClient:
     def _call(
         self, method: str, path: str, *, idempotent: bool, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        for attempt in Retrying(
-            retry=_retryable(idempotent),
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0),
-            reraise=True,
-        ):
-            with attempt:
-                return self._call_once(method, path, body)
-        raise AssertionError("unreachable")  # pragma: no cover
+        self.backoff.check()
+        try:
+            for attempt in Retrying(
+                retry=_retryable(idempotent),
+                stop=stop_after_attempt(self.attempts),
+                wait=wait_exponential_jitter(initial=0.2, max=2.0),
+                reraise=True,
+            ):
+                with attempt:
+                    payload = self._call_once(method, path, body)
+        except SparkUnavailable:
+            self.backoff.failed()
+            raise
+        except SparkRejected:
+            self.backoff.succeeded()  # it answered
+            raise
+        self.backoff.succeeded()
+        return payload
 
     def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         url = f"{self.cluster.rest_base}/v1/submissions/{path}"
