@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from cloudevents.core.bindings.kafka import KafkaMessage, to_binary_event
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 EVENT_TYPE = "io.spark-poller.job.completed.v1"
 POLL_STEP_S = 0.1
+ERROR_REPEAT_S = 60.0
 
 
 def to_kafka_message(event: CompletionEvent, source: str) -> KafkaMessage:
@@ -46,6 +48,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "message.timeout.ms": int(settings.kafka_delivery_timeout_s * 1000),
         "linger.ms": 5,
         "client.id": "spark-poller",
+        # Topics are created by their owners; a typo or a broker restart must not invent one.
+        "allow.auto.create.topics": False,
     }
     optional = {
         "security.protocol": settings.kafka_security_protocol,
@@ -74,8 +78,11 @@ class EventPublisher:
         self._config: dict[str, Any] = {
             **config,
             "error_cb": self._on_error,
-            "logger": logging.getLogger("poller.kafka"),
+            # librdkafka would print every reconnect attempt to stderr; error_cb reports instead.
+            "log_level": 0,
         }
+        self._last_error = ""
+        self._last_error_at = 0.0
         self._lock = threading.Lock()
         self._producer = Producer(self._config)
         self._stop = threading.Event()
@@ -85,7 +92,12 @@ class EventPublisher:
         self._thread.start()
 
     def _on_error(self, err: KafkaError) -> None:
-        logger.warning("kafka: %s", err.str())
+        """Log each distinct error once per minute: a down broker reports every retry."""
+        text = err.str()
+        now = time.monotonic()
+        if text != self._last_error or now - self._last_error_at > ERROR_REPEAT_S:
+            self._last_error, self._last_error_at = text, now
+            logger.warning("kafka: %s", text)
 
     def _serve_callbacks(self) -> None:
         """Delivery reports fire only inside poll(): one thread serves them for every caller."""
@@ -101,6 +113,8 @@ class EventPublisher:
                 return
             logger.warning("replacing the Kafka producer after a failed delivery")
             self._producer = Producer(self._config)
+        # Fail what the old producer still holds now, so its waiting publishers hear at once.
+        stale.purge()
         stale.flush(0)
 
     def publish(self, event: CompletionEvent) -> None:
