@@ -41,6 +41,7 @@ from poller.service import Service
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_OFFSET = 2**31 - 1  # databases reject larger OFFSETs
 SPARK_CLIENT_ERRORS = frozenset({400, 413})
 NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
 
@@ -166,7 +167,7 @@ def list_jobs(
     svc: ServiceDep,
     state: DriverState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Tracked requests, oldest first, optionally only those in ``state``."""
     return svc.list_jobs(state, limit, offset)

@@ -83,13 +83,13 @@ def topic(kafka: KafkaBroker) -> str:
 ServiceFactory = Callable[..., ServiceProcess]
 
 
-@pytest.fixture
-def service_env(
-    spark: SparkStandalone, kafka: KafkaBroker, topic: str, tmp_path: Path
+def base_env(
+    spark: SparkStandalone, kafka: KafkaBroker, topic: str, workdir: Path
 ) -> dict[str, str]:
+    """The environment of a service wired to the session's Spark and Kafka, on SQLite."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
     env.update(
-        POLLER_DATABASE_URL=f"sqlite:///{tmp_path / 'poller.db'}",
+        POLLER_DATABASE_URL=f"sqlite:///{workdir / 'poller.db'}",
         POLLER_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
         POLLER_KAFKA_TOPIC=topic,
         POLLER_SPARK_REST_URL=spark.rest_url,
@@ -98,6 +98,13 @@ def service_env(
         POLLER_LOG_LEVEL="INFO",
     )
     return env
+
+
+@pytest.fixture
+def service_env(
+    spark: SparkStandalone, kafka: KafkaBroker, topic: str, tmp_path: Path
+) -> dict[str, str]:
+    return base_env(spark, kafka, topic, tmp_path)
 
 
 @pytest.fixture

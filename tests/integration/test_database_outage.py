@@ -50,7 +50,17 @@ def test_service_rides_out_a_database_outage(
     )
     assert svc.running()
     assert svc.get("/healthz").status_code == 200
-    assert svc.get("/jobs/outage-0").status_code == 503
+    for answer in (
+        svc.get("/jobs/outage-0"),
+        svc.get("/jobs"),
+        svc.post("/submit", json={"request_id": "during-outage", "job": job_body()}),
+        svc.delete("/jobs/outage-0"),
+    ):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["detail"].startswith("database unavailable")
+    ready = svc.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"].startswith("database unavailable")
 
     own_postgres.start()
     by_key = events.wait_for_keys(set(submitted), timeout_s=120)
@@ -64,3 +74,5 @@ def test_service_rides_out_a_database_outage(
         phases = set(conn.scalars(sa.text("SELECT phase FROM poller_requests")))
     engine.dispose()
     assert phases == {"done"}
+    assert "during-outage" not in by_key
+    assert svc.get("/jobs/during-outage").status_code == 404
