@@ -24,6 +24,7 @@ from poller.errors import (
     SparkRejected,
     SparkUnavailable,
     StoreUnavailable,
+    SubmissionUnknown,
     Unauthorized,
 )
 from poller.schemas import (
@@ -51,6 +52,7 @@ ERROR_STATUS: list[tuple[type[PollerError], int]] = [
     (RequestNotFound, 404),
     (RequestConflict, 409),
     (SparkUnavailable, 503),
+    (SubmissionUnknown, 504),
     (StoreUnavailable, 503),
     (PublishFailed, 503),
 ]
@@ -248,6 +250,7 @@ def create_app(service: Service) -> FastAPI:
             422: {"model": ErrorBody},
             502: {"model": ErrorBody},
             503: {"model": ErrorBody},
+            504: {"model": ErrorBody},
         },
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)

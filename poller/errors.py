@@ -63,6 +63,10 @@ class SparkRejected(SparkError):
         self.status_code = status_code
 
 
+class SubmissionUnknown(PollerError):
+    pass
+
+
 class StoreUnavailable(PollerError):
     pass
 

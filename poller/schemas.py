@@ -41,6 +41,7 @@ class DriverState(StrEnum):
     CANCELLED = "CANCELLED"  # ours: DELETE /jobs/{request_id}
     LOST = "LOST"  # ours: Spark stopped knowing a driver it had
     TIMED_OUT = "TIMED_OUT"  # ours: a configured time limit ran out
+    SUBMIT_UNKNOWN = "SUBMIT_UNKNOWN"  # ours: interrupted mid-submission; never resubmitted
 
     @property
     def terminal(self) -> bool:
@@ -56,6 +57,7 @@ TERMINAL_STATES = frozenset(
         DriverState.CANCELLED,
         DriverState.LOST,
         DriverState.TIMED_OUT,
+        DriverState.SUBMIT_UNKNOWN,
     }
 )
 
@@ -194,7 +196,7 @@ class CompletionEvent(BaseModel):
     cluster: str
     state: DriverState = Field(
         description="Final state: FINISHED, FAILED, KILLED, ERROR (Spark's), or CANCELLED, LOST, "
-        "TIMED_OUT (the service's)."
+        "TIMED_OUT, SUBMIT_UNKNOWN (the service's)."
     )
     spark_state: str | None = Field(description="Spark's last raw driverState, if one was seen.")
     message: str | None = Field(description="Spark's message, when it gave one.")

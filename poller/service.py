@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from poller import polling
 from poller.config import Settings
@@ -19,7 +20,9 @@ from poller.errors import (
     RequestConflict,
     RequestNotFound,
     SparkError,
+    SparkUnavailable,
     StoreUnavailable,
+    SubmissionUnknown,
     UnknownCluster,
 )
 from poller.events import EventPublisher, producer_config
@@ -133,6 +136,7 @@ class Service:
         start-up wants; the periodic check only reads ids. Jobs are read before records so a
         request finishing in between is never given a fresh job.
         """
+        recovered = self._recover_submissions(at_startup=load_jobs)
         jobs = self.scheduler.job_ids() if load_jobs else self.scheduler.stored_ids()
         active = self.store.active_ids()
         missing = active - jobs
@@ -142,6 +146,8 @@ class Service:
             self.scheduler.add(request_id, first_run_at=now)
         for request_id in sorted(orphans):
             self.scheduler.remove(request_id)
+        if recovered:
+            logger.warning("resolved %d interrupted submission(s)", recovered)
         if missing or orphans:
             logger.warning(
                 "reconciled poll jobs: re-created %d missing (%s), removed %d orphan(s) (%s)",
@@ -206,13 +212,63 @@ class Service:
         if patterns and not any(re.fullmatch(p, app_resource) for p in patterns):
             raise InvalidRequest("app_resource is not in the allowed list of this service")
 
+    def _insert(self, request_id: str, request: SubmitRequest) -> None:
+        """Record the request before Spark hears of it; a taken id says what it already is."""
+        try:
+            self.store.insert(
+                request_id, request.cluster, request.labels, submission_id=request.submission_id
+            )
+        except RequestConflict:
+            existing = self.store.get(request_id)
+            if existing is None:
+                raise
+            where = f", driver {existing.submission_id}" if existing.submission_id else ""
+            raise RequestConflict(
+                f"request_id {request_id!r} already exists: {existing.state.value}"
+                f" ({existing.phase.value}{where})"
+            ) from None
+
+    def _give_up_submission(self, request_id: str, why: str) -> None:
+        """Spark may have taken the submission: never resubmit, publish SUBMIT_UNKNOWN instead."""
+        message = (
+            f"{why}; whether Spark created the driver is unknown, so it was not submitted again"
+        )
+        if self.store.resolve_submitting(request_id, DriverState.SUBMIT_UNKNOWN, message):
+            logger.error(
+                "submission of %s has an unknown outcome: %s",
+                request_id,
+                why,
+                extra={"request_id": request_id},
+            )
+            with contextlib.suppress(StoreUnavailable):
+                self.scheduler.add(request_id, first_run_at=datetime.now(UTC))
+        raise SubmissionUnknown(f"request {request_id!r}: {message}")
+
+    def _recover_submissions(self, at_startup: bool) -> int:
+        """Resolve submissions a dead (or stuck) submit call left in SUBMITTING."""
+        grace_s = 0.0 if at_startup else self.settings.spark_timeout_s * 4 + 30
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
+        recovered = 0
+        for record in self.store.submitting_since(cutoff):
+            recovered += 1
+            if record.submission_id is not None:  # an adoption: the driver is known, poll it
+                self.store.mark_submitted(
+                    record.request_id, record.submission_id, DriverState.UNKNOWN
+                )
+                continue
+            with contextlib.suppress(SubmissionUnknown):
+                self._give_up_submission(
+                    record.request_id, "the service stopped while submitting to Spark"
+                )
+        return recovered
+
     def submit(self, request: SubmitRequest) -> SubmitResponse:
         """Submit (or adopt) a driver and register its poll job. Nothing stays behind on failure."""
         client = self._client(request.cluster)
         if request.job is not None:
             self._check_allowed(request.job.app_resource)
         request_id = request.request_id or str(uuid.uuid4())
-        self.store.insert(request_id, request.cluster, request.labels)
+        self._insert(request_id, request)
         try:
             if request.job is not None:
                 submission_id = client.create(request.job, request_id)
@@ -226,10 +282,20 @@ class Service:
                         f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"
                     )
                 state = status.state
+        except SparkUnavailable as exc:
+            if request.job is not None and exc.maybe_applied:
+                self._give_up_submission(
+                    request_id, f"Spark did not answer the submission: {exc.message}"
+                )
+            self.store.delete_submitting(request_id)
+            raise
         except (SparkError, InvalidRequest):
             self.store.delete_submitting(request_id)
             raise
-        self.store.mark_submitted(request_id, submission_id, state)
+        if self.store.mark_submitted(request_id, submission_id, state) is None:
+            raise SubmissionUnknown(
+                f"request {request_id!r} was resolved as SUBMIT_UNKNOWN while Spark was answering"
+            )
         # An adopted driver that already ended is published at once rather than after an interval.
         try:
             self.scheduler.add(

@@ -131,16 +131,34 @@ class RequestStore:
                 session.delete(row)
 
     @_translate_db_errors
-    def mark_submitted(self, request_id: str, submission_id: str, state: DriverState) -> JobRecord:
-        """Spark accepted (or we adopted) the driver: from here on the poll job owns the request."""
+    def mark_submitted(
+        self, request_id: str, submission_id: str, state: DriverState
+    ) -> JobRecord | None:
+        """Spark accepted (or we adopted) the driver: from here on the poll job owns the request.
+
+        None if the request is no longer SUBMITTING (recovery already resolved it)."""
         with self._tx() as session:
             row = session.get(RequestRow, request_id, with_for_update=True)
-            if row is None:
-                raise LookupError(request_id)
+            if row is None or row.phase != Phase.SUBMITTING.value:
+                return None
             row.submission_id = submission_id
             row.phase = Phase.POLLING.value
             row.state = state.value
             return _record(row)
+
+    @_translate_db_errors
+    def resolve_submitting(self, request_id: str, final_state: DriverState, message: str) -> bool:
+        """Give an interrupted submission its outcome (SUBMITTING -> PUBLISHING)."""
+        return self._fix(request_id, (Phase.SUBMITTING.value,), final_state, message)
+
+    @_translate_db_errors
+    def submitting_since(self, cutoff: datetime) -> list[JobRecord]:
+        """Requests still SUBMITTING that were recorded before ``cutoff``."""
+        query = select(RequestRow).where(
+            RequestRow.phase == Phase.SUBMITTING.value, RequestRow.submitted_at < cutoff
+        )
+        with self._sessions() as session:
+            return [_record(row) for row in session.scalars(query)]
 
     @_translate_db_errors
     def get(self, request_id: str) -> JobRecord | None:
@@ -202,6 +220,15 @@ class RequestStore:
     @_translate_db_errors
     def complete(self, request_id: str, final_state: DriverState, message: str | None) -> bool:
         """Fix the request's outcome once (-> PUBLISHING); False if it was already fixed."""
+        return self._fix(request_id, ASKING_SPARK, final_state, message)
+
+    def _fix(
+        self,
+        request_id: str,
+        phases: tuple[str, ...],
+        final_state: DriverState,
+        message: str | None,
+    ) -> bool:
         values: dict[str, object] = {
             "phase": Phase.PUBLISHING.value,
             "state": final_state.value,
@@ -213,7 +240,7 @@ class RequestStore:
         with self._tx() as session:
             result = session.execute(
                 update(RequestRow)
-                .where(RequestRow.request_id == request_id, RequestRow.phase.in_(ASKING_SPARK))
+                .where(RequestRow.request_id == request_id, RequestRow.phase.in_(phases))
                 .values(**values)
             )
             return bool(getattr(result, "rowcount", 0))
@@ -235,10 +262,4 @@ class RequestStore:
         """Requests that must have a poll job: still polling, or their event not yet confirmed."""
         with self._sessions() as session:
             query = select(RequestRow.request_id).where(RequestRow.phase.in_(ACTIVE_PHASES))
-            return set(session.scalars(query))
-
-    @_translate_db_errors
-    def submitting_ids(self) -> set[str]:
-        with self._sessions() as session:
-            query = select(RequestRow.request_id).where(RequestRow.phase == Phase.SUBMITTING.value)
             return set(session.scalars(query))

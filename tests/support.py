@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +168,17 @@ def poll_job_ids(database_url: str) -> set[str]:
         engine.dispose()
 
 
+def driver_ids(spark: SparkStandalone) -> set[str]:
+    """Every driver the master knows, running or completed."""
+    state = spark.cluster_state()
+    ids: set[str] = set()
+    for key in ("activedrivers", "completeddrivers"):
+        drivers = state.get(key, [])
+        assert isinstance(drivers, list)
+        ids.update(str(driver["id"]) for driver in drivers)
+    return ids
+
+
 def driver_state(spark: SparkStandalone, submission_id: str) -> str | None:
     """What Spark itself says about a driver now."""
     payload = requests.get(
@@ -172,3 +186,55 @@ def driver_state(spark: SparkStandalone, submission_id: str) -> str | None:
     ).json()
     state = payload.get("driverState")
     return str(state) if state is not None else None
+
+
+class DelayingProxy:
+    """A loopback HTTP proxy to a real server that holds back answers to chosen paths.
+
+    It opens the window between "Spark did it" and "we heard about it", where a crash or a
+    timeout leaves the outcome of a call unknown.
+    """
+
+    def __init__(self, target: str, slow_path: str, delay_s: float) -> None:
+        self.target = target.rstrip("/")
+        self.slow_path = slow_path
+        self.delay_s = delay_s
+        self.port = free_port()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in {"host", "content-length"}
+                }
+                answer = requests.request(
+                    self.command, proxy.target + self.path, data=body, headers=headers, timeout=30
+                )
+                if proxy.slow_path in self.path:
+                    time.sleep(proxy.delay_s)
+                self.send_response(answer.status_code)
+                self.send_header("content-type", answer.headers.get("content-type", "text/plain"))
+                self.send_header("content-length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -9,18 +9,9 @@ import pytest
 
 from poller.devstack import SparkStandalone
 from tests.conftest import ServiceFactory
-from tests.support import ServiceProcess, poll_job_ids
+from tests.support import ServiceProcess, driver_ids, poll_job_ids
 
 JobBody = Callable[..., dict[str, Any]]
-
-
-def _driver_count(spark: SparkStandalone) -> int:
-    state = spark.cluster_state()
-    active = state.get("activedrivers", [])
-    completed = state.get("completeddrivers", [])
-    assert isinstance(active, list)
-    assert isinstance(completed, list)
-    return len(active) + len(completed)
 
 
 @pytest.fixture
@@ -87,7 +78,7 @@ def _bad_bodies(job: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str
 def test_bad_submissions_are_refused_and_change_nothing(
     svc: ServiceProcess, spark: SparkStandalone, job_body: JobBody, service_env: dict[str, str]
 ) -> None:
-    drivers_before = _driver_count(spark)
+    drivers_before = len(driver_ids(spark))
     for name, kwargs, status, phrase in _bad_bodies(job_body()):
         answer = svc.post("/submit", **kwargs)
         assert answer.status_code == status, f"{name}: {answer.status_code} {answer.text[:300]}"
@@ -96,7 +87,7 @@ def test_bad_submissions_are_refused_and_change_nothing(
         assert "\tat " not in answer.text, name
     assert svc.get("/jobs").json()["items"] == []
     assert poll_job_ids(service_env["POLLER_DATABASE_URL"]) == set()
-    assert _driver_count(spark) == drivers_before
+    assert len(driver_ids(spark)) == drivers_before
 
 
 def test_duplicate_request_id_is_409_without_a_second_submission(
@@ -104,11 +95,11 @@ def test_duplicate_request_id_is_409_without_a_second_submission(
 ) -> None:
     first = svc.post("/submit", json={"request_id": "dup", "job": job_body()})
     assert first.status_code == 202, first.text
-    drivers = _driver_count(spark)
+    drivers = len(driver_ids(spark))
     again = svc.post("/submit", json={"request_id": "dup", "job": job_body()})
     assert again.status_code == 409
     assert "already exists" in again.json()["detail"]
-    assert _driver_count(spark) == drivers
+    assert len(driver_ids(spark)) == drivers
     assert svc.get("/jobs").json()["total"] == 1
 
 

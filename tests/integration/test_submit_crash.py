@@ -1,0 +1,81 @@
+"""Crashes and timeouts around Spark's create call: never lost, never silently run twice."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from poller.devstack import SparkStandalone, wait_for
+from tests.conftest import ServiceFactory
+from tests.support import DelayingProxy, EventReader, ServiceProcess, driver_ids
+
+JobBody = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def slow_create(spark: SparkStandalone) -> Iterator[DelayingProxy]:
+    """Spark's REST API, but the answer to a create arrives 6 s after Spark acted on it."""
+    proxy = DelayingProxy(spark.rest_url, "/v1/submissions/create", delay_s=6)
+    yield proxy
+    proxy.close()
+
+
+def _submit_in_background(svc: ServiceProcess, body: dict[str, Any]) -> threading.Thread:
+    def call() -> None:
+        with contextlib.suppress(requests.RequestException):  # the service dies under it
+            svc.post("/submit", json=body)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+def test_crash_between_create_and_commit(
+    start_service: ServiceFactory,
+    slow_create: DelayingProxy,
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    svc = start_service(POLLER_SPARK_REST_URL=slow_create.url)
+    drivers_before = driver_ids(spark)
+    caller = _submit_in_background(svc, {"request_id": "mid-create", "job": job_body()})
+    # Spark has made the driver; its answer is still on the way back when the service dies.
+    wait_for(lambda: len(driver_ids(spark) - drivers_before) == 1, 30, "Spark to create it")
+    svc.kill9()
+    caller.join()
+
+    svc = start_service(POLLER_SPARK_REST_URL=spark.rest_url)
+    [event] = events.wait_for_keys({"mid-create"})["mid-create"]
+    assert event.value["state"] == "SUBMIT_UNKNOWN"
+    assert event.value["submission_id"] is None
+    assert "not submitted again" in event.value["message"]
+    assert "resolved 1 interrupted submission" in svc.logs()
+
+    retry = svc.post("/submit", json={"request_id": "mid-create", "job": job_body()})
+    assert retry.status_code == 409
+    assert "SUBMIT_UNKNOWN" in retry.json()["detail"]
+    assert len(driver_ids(spark) - drivers_before) == 1, "the job ran twice"
+
+
+def test_create_that_times_out_is_not_retried(
+    start_service: ServiceFactory,
+    slow_create: DelayingProxy,
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    svc = start_service(POLLER_SPARK_REST_URL=slow_create.url, POLLER_SPARK_TIMEOUT_S="2")
+    drivers_before = driver_ids(spark)
+    answer = svc.post("/submit", json={"request_id": "timed-out", "job": job_body()})
+    assert answer.status_code == 504, answer.text
+    assert "unknown" in answer.json()["detail"]
+    [event] = events.wait_for_keys({"timed-out"})["timed-out"]
+    assert event.value["state"] == "SUBMIT_UNKNOWN"
+    assert len(driver_ids(spark) - drivers_before) == 1, "the create call was repeated"
+    assert svc.job("timed-out")["state"] == "SUBMIT_UNKNOWN"
