@@ -27,6 +27,8 @@ from pydantic import SecretStr
 from poller.spark import jws_token
 
 SPARK_STARTUP_TIMEOUT_S = 90.0
+# Small local drivers start about twice as fast without the optimising JIT and with a serial GC.
+FAST_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:CICompilerCount=1"
 
 
 def free_port() -> int:
@@ -484,6 +486,7 @@ def demo(workdir: Path, once: bool) -> int:
                 "spark_properties": {
                     "spark.pyspark.python": sys.executable,
                     "spark.driver.memory": "512m",
+                    "spark.driver.extraJavaOptions": FAST_DRIVER_JAVA_OPTIONS,
                 },
             },
         }

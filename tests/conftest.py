@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from poller.devstack import KafkaBroker, Postgres, SparkStandalone
+from poller.devstack import FAST_DRIVER_JAVA_OPTIONS, KafkaBroker, Postgres, SparkStandalone
 from tests.support import JOB_SCRIPT, EventReader, ServiceProcess
 
 # -- infrastructure ------------------------------------------------------------------------------
@@ -137,6 +137,7 @@ def job_body(jobs_dir: Path) -> Callable[..., dict[str, Any]]:
             "spark_properties": {
                 "spark.pyspark.python": sys.executable,
                 "spark.driver.memory": "256m",
+                "spark.driver.extraJavaOptions": FAST_DRIVER_JAVA_OPTIONS,
             },
         }
 

@@ -53,6 +53,21 @@ def _bad_bodies(job: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str
             422,
             "spark.master",
         ),
+        (
+            "too many labels",
+            {"json": {"job": job, "labels": {f"k{i}": "v" for i in range(65)}}},
+            422,
+            "labels",
+        ),
+        ("label too long", {"json": {"job": job, "labels": {"k": "v" * 1025}}}, 422, "labels"),
+        ("too many app_args", {"json": {"job": {**job, "app_args": ["a"] * 257}}}, 422, "app_args"),
+        ("app_arg too long", {"json": {"job": {**job, "app_args": ["a" * 4097]}}}, 422, "app_args"),
+        (
+            "bad env var name",
+            {"json": {"job": {**job, "environment_variables": {"A-B": "1"}}}},
+            422,
+            "environment_variables",
+        ),
         ("label not a string", {"json": {"job": job, "labels": {"a": 1}}}, 422, "labels"),
         (
             "oversized body",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,12 @@ def test_service_rides_out_a_database_outage(
     assert ready.json()["checks"]["database"].startswith("database unavailable")
 
     own_postgres.start()
+    back_at = time.monotonic()
     by_key = events.wait_for_keys(set(submitted), timeout_s=120)
+    print(
+        f"database outage: all events out {time.monotonic() - back_at:.1f}s after "
+        "PostgreSQL returned"
+    )
     for request_id, found in by_key.items():
         assert {e.value["state"] for e in found} == {"FINISHED"}, request_id
         assert found[0].value["submission_id"] == submitted[request_id].json()["submission_id"]

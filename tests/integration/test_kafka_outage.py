@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,13 @@ def test_events_wait_out_a_broker_outage(
 
     own_kafka.start()
     own_kafka.create_topic(TOPIC)
+    back_at = time.monotonic()
     after = EventReader(own_kafka.bootstrap_servers, TOPIC)
     by_key = after.wait_for_keys(set(short), timeout_s=120)
+    print(
+        f"kafka outage: all events delivered {time.monotonic() - back_at:.1f}s after the "
+        "broker returned"
+    )
     after.close()
     for request_id, found in by_key.items():
         assert len({e.value["event_id"] for e in found}) == 1, request_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,7 +50,12 @@ def test_master_down_then_restarted_without_recovery(
     assert (record["phase"], record["state"]) == ("polling", "RUNNING")
 
     own_spark.start()  # a fresh master with no recovery: it has never heard of the driver
+    back_at = time.monotonic()
     [event] = events.wait_for_keys({"forgotten"}, timeout_s=120)["forgotten"]
+    print(
+        f"spark master restart: LOST published {time.monotonic() - back_at:.1f}s after the "
+        "master returned"
+    )
     assert event.value["state"] == "LOST"
     assert event.value["spark_state"] == "RUNNING"
     assert "3 polls in a row" in event.value["message"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from poller.events import EVENT_TYPE, to_kafka_message
+import pytest
+
+from poller.config import Settings
+from poller.events import EVENT_TYPE, producer_config, to_kafka_message
 from poller.schemas import CompletionEvent, DriverState, event_id_for
 
 
@@ -37,3 +40,27 @@ def test_binary_mode_record() -> None:
     assert CompletionEvent.model_validate(value) == event
     # Built from the same record, a re-publish is byte-identical.
     assert to_kafka_message(event, "spark-poller/test") == record
+
+
+def test_security_settings_reach_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLLER_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("POLLER_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("POLLER_KAFKA_SASL_USERNAME", "poller")
+    monkeypatch.setenv("POLLER_KAFKA_SASL_PASSWORD", "pw-secret")
+    monkeypatch.setenv("POLLER_KAFKA_SSL_CA_LOCATION", "/etc/ssl/ca.pem")
+    monkeypatch.setenv(
+        "POLLER_KAFKA_EXTRA_CONFIG",
+        '{"ssl.endpoint.identification.algorithm": "https", "sasl.oauthbearer.client.secret": "x"}',
+    )
+    settings = Settings()
+    config = producer_config(settings)
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl.username"] == "poller"
+    assert config["sasl.password"] == "pw-secret"
+    assert config["ssl.ca.location"] == "/etc/ssl/ca.pem"
+    assert config["ssl.endpoint.identification.algorithm"] == "https"
+    assert config["sasl.oauthbearer.client.secret"] == "x"
+    assert config["enable.idempotence"] is True
+    assert config["acks"] == "all"
+    assert "pw-secret" not in repr(settings)

@@ -73,4 +73,5 @@ def test_terminal_states() -> None:
         DriverState.CANCELLED,
         DriverState.LOST,
         DriverState.TIMED_OUT,
+        DriverState.SUBMIT_UNKNOWN,
     }
