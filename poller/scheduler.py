@@ -13,6 +13,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,10 +29,14 @@ class ResilientScheduler(BackgroundScheduler):  # type: ignore[misc]
     """A BackgroundScheduler whose thread survives job-store errors.
 
     APScheduler 3 only guards ``get_due_jobs``: an error from ``update_job`` (say, the database went
-    away mid-loop) escapes ``_process_jobs`` and silently ends the scheduler thread.
+    away mid-loop) escapes ``_process_jobs`` and silently ends the scheduler thread. Its
+    ``shutdown`` also wakes the thread for one last pass over the store after the executors are
+    gone, which may delete rows it cannot unpickle and tries to submit due jobs; we skip that pass.
     """
 
     def _process_jobs(self) -> float | None:
+        if self.state == STATE_STOPPED:
+            return None
         try:
             wait_s: float | None = super()._process_jobs()
         except Exception:

@@ -109,10 +109,13 @@ def test_startup_recreates_lost_jobs_and_drops_orphans(
 
     engine = create_db_engine(database_url)
     with engine.begin() as conn:
-        # A row APScheduler cannot unpickle (it would silently delete it) ...
+        # A due row APScheduler cannot unpickle (it would silently delete it) ...
         conn.execute(
-            sa.text("UPDATE apscheduler_jobs SET job_state = :junk WHERE id = 'lost-job'"),
-            {"junk": b"not a pickle"},
+            sa.text(
+                "UPDATE apscheduler_jobs SET job_state = :junk, next_run_time = :due"
+                " WHERE id = 'lost-job'"
+            ),
+            {"junk": b"not a pickle", "due": time.time() - 60},
         )
     # ... and a poll job whose request does not exist.
     ghost = PollScheduler(engine, JOB_FUNC, 1.0, 1)
