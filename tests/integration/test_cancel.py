@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,3 +71,35 @@ def test_cancel_with_kill_ends_the_driver_killed(
     assert event.value["state"] == "CANCELLED"
     assert event.value["spark_state"] == "KILLED"
     assert "driver ended KILLED" in event.value["message"]
+
+
+def test_cancel_with_kill_publishes_once_when_spark_never_confirms(
+    start_service: ServiceFactory, spark: SparkStandalone, job_body: JobBody, events: EventReader
+) -> None:
+    """A frozen worker never reports the kill: the poll job ends the wait at the deadline."""
+    svc = start_service(POLLER_KILL_CONFIRM_TIMEOUT_S="5")  # past the inline wait
+    answer = svc.post("/submit", json={"request_id": "kill-unconfirmed", "job": job_body(60)})
+    assert answer.status_code == 202, answer.text
+    submission_id = answer.json()["submission_id"]
+    wait_for(lambda: driver_state(spark, submission_id) == "RUNNING", 60, "driver running")
+
+    assert spark.worker is not None
+    os.kill(spark.worker.pid, signal.SIGSTOP)  # the master keeps the driver RUNNING
+    try:
+        cancelled = svc.delete("/jobs/kill-unconfirmed", params={"kill": "true"})
+        assert cancelled.status_code == 202, cancelled.text
+        assert cancelled.json()["phase"] == "cancelling"
+        assert svc.delete("/jobs/kill-unconfirmed").status_code == 409
+        [event] = events.wait_for_keys({"kill-unconfirmed"})["kill-unconfirmed"]
+        assert driver_state(spark, submission_id) == "RUNNING"
+    finally:
+        os.kill(spark.worker.pid, signal.SIGCONT)
+    assert event.value["state"] == "CANCELLED"
+    assert event.value["spark_state"] == "RUNNING"
+    assert "Spark did not confirm the kill within 5s" in event.value["message"]
+    assert svc.job("kill-unconfirmed")["phase"] == "done"
+
+    # The thawed worker carries the kill out; no second event follows it.
+    wait_for(lambda: driver_state(spark, submission_id) == "KILLED", 30, "driver killed")
+    # A quiet spell of two poll intervals, in which a stray second event would show.
+    assert [e.key for e in events.drain(timeout_s=2.0)] == ["kill-unconfirmed"]
