@@ -81,6 +81,7 @@ def topic(kafka: KafkaBroker) -> str:
 
 
 ServiceFactory = Callable[..., ServiceProcess]
+JobBody = Callable[..., dict[str, Any]]
 
 
 def base_env(
@@ -127,7 +128,7 @@ def start_service(service_env: dict[str, str], tmp_path: Path) -> Iterator[Servi
 
 
 @pytest.fixture
-def job_body(jobs_dir: Path) -> Callable[..., dict[str, Any]]:
+def job_body(jobs_dir: Path) -> JobBody:
     """A /submit ``job`` that sleeps ``seconds`` then exits with ``exit_code``."""
 
     def make(seconds: float = 0, exit_code: int = 0) -> dict[str, Any]:

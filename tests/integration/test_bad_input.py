@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from poller.devstack import SparkStandalone
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import ServiceProcess, driver_ids, poll_job_ids
-
-JobBody = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture

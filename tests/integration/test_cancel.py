@@ -5,16 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
 
 import requests
 
 from poller.devstack import SparkStandalone, wait_for
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader, driver_state, poll_job_ids
-
-JobBody = Callable[..., dict[str, Any]]
 
 
 def test_cancel_stops_polling_and_publishes_cancelled(

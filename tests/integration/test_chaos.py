@@ -10,7 +10,6 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -21,9 +20,8 @@ import requests
 from poller.devstack import SparkStandalone, wait_for
 from poller.schemas import JobSpec
 from poller.spark import create_request_body
+from tests.conftest import JobBody
 from tests.support import EventReader, ServiceProcess, driver_state, poll_job_ids
-
-JobBody = Callable[..., dict[str, Any]]
 
 REQUESTS = 100
 KILLS = 12

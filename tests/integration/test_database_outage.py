@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from poller.devstack import Postgres, wait_for
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader, poll_job_ids
-
-JobBody = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture

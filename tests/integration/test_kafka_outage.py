@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from poller.devstack import KafkaBroker, SparkStandalone, wait_for
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader, driver_state
 
-JobBody = Callable[..., dict[str, Any]]
 TOPIC = "outage-events"
 
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import requests
 
 from poller.devstack import SparkStandalone, wait_for
 from poller.schemas import event_id_for
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader, driver_state, poll_job_ids
-
-JobBody = Callable[..., dict[str, Any]]
 
 EXPECTED_HEADERS = {"ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time", "content-type"}
 

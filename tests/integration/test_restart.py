@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,10 +14,8 @@ from poller.db import create_db_engine
 from poller.devstack import SparkStandalone, wait_for
 from poller.scheduler import PollScheduler
 from poller.service import JOB_FUNC
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader, ServiceProcess, driver_state, poll_job_ids
-
-JobBody = Callable[..., dict[str, Any]]
 
 
 def _submit_mix(svc: ServiceProcess, job_body: JobBody, prefix: str, count: int) -> dict[str, str]:

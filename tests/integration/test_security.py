@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,8 @@ import pytest
 import requests
 
 from poller.devstack import Postgres, SparkStandalone
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader
-
-JobBody = Callable[..., dict[str, Any]]
 
 API_TOKEN = "api-SECRET-token-4c1e"
 KAFKA_PASSWORD = "kafka-SECRET-pw-77a0"

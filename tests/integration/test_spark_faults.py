@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import requests
 
 from poller.devstack import SparkStandalone, wait_for
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader, driver_state
-
-JobBody = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture

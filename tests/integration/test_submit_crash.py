@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
 from poller.devstack import SparkStandalone, wait_for
-from tests.conftest import ServiceFactory
+from tests.conftest import JobBody, ServiceFactory
 from tests.support import DelayingProxy, EventReader, ServiceProcess, driver_ids
-
-JobBody = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture
