@@ -1,7 +1,9 @@
-"""HTTP layer: routes, one error mapping, a body-size limit. Talks only to the Service."""
+"""HTTP layer: routes, one error mapping, bearer authentication, a body-size limit. Talks only
+to the Service."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -9,10 +11,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poller.errors import (
@@ -45,6 +49,8 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_OFFSET = 2**31 - 1  # databases reject larger OFFSETs
 SPARK_CLIENT_ERRORS = frozenset({400, 413})
 NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+UNAUTHORIZED = "missing or wrong bearer token"
 
 ERROR_STATUS: list[tuple[type[PollerError], int]] = [
     (Unauthorized, 401),
@@ -125,27 +131,77 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
+class BearerAuth:
+    """Answers 401 unless the request carries ``Authorization: Bearer <POLLER_API_TOKEN>``.
+
+    The outermost layer: a caller without the token is turned away before anything reads or
+    parses its request, so it learns nothing (no schema, no limits, no docs, no paths). Paths in
+    ``open_paths`` (the health checks) pass; with no token configured, everything passes.
+    """
+
+    def __init__(self, app: ASGIApp, token: SecretStr | None, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.open_paths = open_paths
+        self._digest = None if token is None else _digest(token.get_secret_value().encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self._digest is None
+            or scope["type"] not in ("http", "websocket")
+            or _app_path(scope) in self.open_paths
+            # Digests of equal length: the comparison's time says nothing about the token.
+            or hmac.compare_digest(_digest(_bearer(scope)), self._digest)
+        ):
+            await self.app(scope, receive, send)
+            return
+        logger.info("%s %s -> 401: %s", scope.get("method", "WS"), scope["path"], UNAUTHORIZED)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        payload = json.dumps({"detail": UNAUTHORIZED}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
+def _bearer(scope: Scope) -> bytes:
+    """The credentials of the request's ``Authorization: Bearer`` header; empty when absent."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credentials = bytes(value).partition(b" ")
+            return credentials.strip() if scheme.lower() == b"bearer" else b""
+    return b""
+
+
+def _app_path(scope: Scope) -> str:
+    """The path within the app: behind a proxy, ``path`` may start with ``root_path``."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
-bearer = HTTPBearer(auto_error=False, description="POLLER_API_TOKEN, when set")
+# Declares the scheme in the OpenAPI document; BearerAuth does the checking.
+bearer = HTTPBearer(auto_error=False, description="POLLER_API_TOKEN")
 RequestIdPath = Annotated[str, Path(pattern=REQUEST_ID_PATTERN)]
-
-
-def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    """Checks the bearer token in constant time when POLLER_API_TOKEN is set."""
-    expected = get_service(request).settings.api_token
-    if expected is None:
-        return
-    supplied = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(supplied.encode(), expected.get_secret_value().encode()):
-        raise Unauthorized("missing or wrong bearer token")
 
 
 jobs_router = APIRouter()
@@ -155,13 +211,13 @@ health_router = APIRouter()
 @jobs_router.post("/submit", status_code=202)
 def submit(body: SubmitRequest, svc: ServiceDep) -> SubmitResponse:
     """Submit a Spark job (``job``) or adopt a driver (``submission_id``), then poll it."""
-    return svc.submit(body)
+    return svc.jobs.submit(body)
 
 
 @jobs_router.get("/jobs/{request_id}")
 def get_job(request_id: RequestIdPath, svc: ServiceDep) -> JobRecord:
     """The tracked record of one request."""
-    return svc.get(request_id)
+    return svc.jobs.get(request_id)
 
 
 @jobs_router.get("/jobs")
@@ -172,7 +228,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Tracked requests, oldest first, optionally only those in ``state``."""
-    return svc.list_jobs(state, limit, offset)
+    return svc.jobs.list_jobs(state, limit, offset)
 
 
 @jobs_router.delete("/jobs/{request_id}", responses={202: {"model": JobRecord}})
@@ -182,30 +238,37 @@ def cancel_job(
     """Stop polling and publish a CANCELLED event.
 
     ``kill=true`` first asks Spark to kill the driver; the event then waits until Spark confirms
-    the driver ended: 200 when that already happened, 202 (phase ``cancelling``) while it is
-    still awaited.
+    the driver ended. 200 when the event is out (phase ``done``); 202 while it is still awaited
+    (phase ``cancelling``: Spark's confirmation; ``publishing``: Kafka's ack).
     """
-    record = svc.cancel(request_id, kill)
-    if record.phase == Phase.CANCELLING:
+    record = svc.jobs.cancel(request_id, kill)
+    if record.phase != Phase.DONE:
         response.status_code = 202
     return record
 
 
+# Health runs on the event loop with no I/O (readiness is checked in the background): it answers at
+# once however many handlers are busy in worker threads.
 @health_router.get("/healthz")
-def healthz(svc: ServiceDep) -> JSONResponse:
+async def healthz(request: Request) -> JSONResponse:
     """200 while the process serves and its scheduler runs."""
+    svc = get_service(request)
     if svc.healthy():
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "role": svc.role})
     return JSONResponse({"status": "failing", "detail": svc.fatal}, status_code=503)
 
 
 @health_router.get("/readyz")
-def readyz(svc: ServiceDep) -> JSONResponse:
-    """200 when the database, the Kafka broker and the scheduler all work; 503 says which not."""
+async def readyz(request: Request) -> JSONResponse:
+    """200 when the database, the Kafka broker and the scheduler all work; 503 says which not.
+
+    ``role`` is ``leader`` in the process that holds the scheduler lease and polls, ``standby`` in
+    one that serves the API and waits for the lease."""
+    svc = get_service(request)
     checks = svc.readiness()
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks},
+        {"status": "ready" if ready else "not ready", "role": svc.role, "checks": checks},
         status_code=200 if ready else 503,
     )
 
@@ -231,6 +294,8 @@ def create_app(service: Service) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The blocking handlers' worker threads; the database and Spark pools are sized to match.
+        to_thread.current_default_thread_limiter().total_tokens = service.settings.api_threads
         service.start()
         try:
             yield
@@ -254,6 +319,13 @@ def create_app(service: Service) -> FastAPI:
         },
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    settings = service.settings
+    # Added last, so outermost: authentication comes before the body is read or parsed.
+    app.add_middleware(
+        BearerAuth,
+        token=settings.api_token,
+        open_paths=frozenset() if settings.health_requires_token else HEALTH_PATHS,
+    )
 
     app.state.service = service
 
@@ -273,7 +345,9 @@ def create_app(service: Service) -> FastAPI:
         logger.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    health_auth = [Depends(require_token)] if service.settings.health_requires_token else []
-    app.include_router(jobs_router, dependencies=[Depends(require_token)])
-    app.include_router(health_router, dependencies=health_auth)
+    documented = [Depends(bearer)] if settings.api_token is not None else []
+    app.include_router(jobs_router, dependencies=documented)
+    app.include_router(
+        health_router, dependencies=documented if settings.health_requires_token else []
+    )
     return app

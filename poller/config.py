@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Annotated, Self
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -19,24 +25,130 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CLUSTER = "default"
 CLUSTER_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-SparkMasterUrl = Annotated[str, Field(pattern=r"^spark://[^\s/]+$")]
 PositiveSeconds = Annotated[float, Field(gt=0)]
+# Spark's JWSFilter builds its key with jjwt's Keys.hmacShaKeyFor, which refuses HMAC keys shorter
+# than 256 bits: the master would reject every token signed with a shorter secret.
+JWS_MIN_KEY_BYTES = 32
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+_MASTER_HOST_PORT = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})"
+)
+_HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
+
+
+def _check_master_url(value: str) -> str:
+    """One master, or a standalone HA cluster's masters the way spark-submit takes them."""
+    shape = "must be spark://host:port, or spark://host1:port1,host2:port2 for several masters"
+    if not value.startswith("spark://"):
+        raise ValueError(shape)
+    for host_port in value.removeprefix("spark://").split(","):
+        match = _MASTER_HOST_PORT.fullmatch(host_port)
+        if match is None or not 1 <= int(match.group(1)) <= 65535:
+            raise ValueError(shape)
+    return value
+
+
+def _parse_rest_urls(value: object) -> object:
+    """One URL, a comma-separated string of them, or a list: one REST URL per master.
+
+    Entries are named by position, never quoted: a URL may carry credentials.
+    """
+    if isinstance(value, str):
+        value = value.split(",")
+    elif isinstance(value, AnyHttpUrl):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return value  # the type check refuses it
+    urls: list[AnyHttpUrl] = []
+    for number, entry in enumerate(value, 1):
+        try:
+            urls.append(
+                _HTTP_URL.validate_python(entry.strip() if isinstance(entry, str) else entry)
+            )
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            raise ValueError(f"REST URL {number} of {len(value)}: {reason}") from None
+    if not urls:
+        raise ValueError("give at least one REST URL")
+    if len({str(url) for url in urls}) != len(urls):
+        raise ValueError("a REST URL is listed twice")
+    return tuple(urls)
+
+
+SparkMasterUrl = Annotated[str, AfterValidator(_check_master_url)]
+# A standalone cluster with standby masters lists each master's REST server, tried in order.
+RestUrls = Annotated[tuple[AnyHttpUrl, ...], BeforeValidator(_parse_rest_urls)]
+
+
+def jws_secret_problem(secret: str) -> str | None:
+    """Why Spark's JWSFilter could not use ``secret`` as its HS256 key, or None if it can.
+
+    The answer never quotes the secret.
+    """
+    if not secret:
+        return "is empty"
+    if not _BASE64URL.fullmatch(secret) or ("=" in secret and len(secret) % 4):
+        return "is not base64url (letters, digits, '-' and '_', optionally '='-padded)"
+    data = secret.rstrip("=")
+    if len(data) % 4 == 1:
+        return "is not base64url (its length cannot be decoded)"
+    key = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    if len(key) < JWS_MIN_KEY_BYTES:
+        return (
+            f"decodes to {len(key)} bytes; Spark's JWSFilter needs an HS256 key of at least"
+            f" {JWS_MIN_KEY_BYTES} bytes"
+        )
+    return None
+
+
+def _check_jws_secret(value: SecretStr | None, variable: str) -> SecretStr | None:
+    problem = None if value is None else jws_secret_problem(value.get_secret_value())
+    if problem is not None:
+        raise ValueError(f"{variable} {problem}")
+    return value
 
 
 class ClusterConfig(BaseModel):
     """Where one named Spark standalone cluster answers, and how to authenticate to it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Inputs stay out of error texts: a jws_secret is one.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    rest_url: AnyHttpUrl
+    rest_url: RestUrls
     master_url: SparkMasterUrl
-    # The master's spark.org.apache.spark.ui.JWSFilter.param.secretKey (base64url), when its
-    # REST server runs with spark.master.rest.filters=org.apache.spark.ui.JWSFilter.
+    # The masters' spark.org.apache.spark.ui.JWSFilter.param.secretKey (base64url), when their
+    # REST servers run with spark.master.rest.filters=org.apache.spark.ui.JWSFilter.
     jws_secret: SecretStr | None = None
+
+    @field_validator("jws_secret")
+    @classmethod
+    def _usable_jws_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_jws_secret(value, "jws_secret")
+
+    @property
+    def rest_bases(self) -> tuple[str, ...]:
+        """Each master's REST base URL, in the order they are tried."""
+        return tuple(str(url).rstrip("/") for url in self.rest_url)
 
     @property
     def rest_base(self) -> str:
-        return str(self.rest_url).rstrip("/")
+        """The first master's REST base URL."""
+        return self.rest_bases[0]
+
+
+def _env_name(info: ValidationInfo) -> str:
+    return f"POLLER_{(info.field_name or '').upper()}"
+
+
+def _check_cluster_secrets(clusters: object) -> object:
+    """Name the cluster whose jws_secret is unusable (ClusterConfig alone cannot)."""
+    if isinstance(clusters, dict):
+        for name, cluster in clusters.items():
+            secret = cluster.get("jws_secret") if isinstance(cluster, dict) else None
+            problem = jws_secret_problem(secret) if isinstance(secret, str) else None
+            if problem is not None:
+                raise ValueError(f"POLLER_CLUSTERS: cluster {name!r}: jws_secret {problem}")
+    return clusters
 
 
 def _json_env(name: str, value: object) -> object:
@@ -54,11 +166,16 @@ def _json_env(name: str, value: object) -> object:
 class Settings(BaseSettings):
     """Everything the service reads from its environment."""
 
-    model_config = SettingsConfigDict(env_prefix="POLLER_", extra="ignore", frozen=True)
+    # Inputs stay out of error texts: several are secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="POLLER_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     database_url: SecretStr = SecretStr("sqlite:///./poller.db")
+    # Bounds every database wait (connect, pool, lock, statement, a server that stopped answering).
+    database_timeout_s: PositiveSeconds = 3.0
 
     # API access: a bearer token, compared in constant time; health stays open unless asked.
     api_token: SecretStr | None = None
@@ -76,17 +193,28 @@ class Settings(BaseSettings):
     kafka_extra_config: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     event_source: str = "spark-poller"
 
-    spark_rest_url: AnyHttpUrl = AnyHttpUrl("http://localhost:6066")
+    # One REST URL, or several comma-separated (standalone HA: one per master).
+    spark_rest_url: Annotated[RestUrls, NoDecode] = (AnyHttpUrl("http://localhost:6066"),)
     spark_master_url: SparkMasterUrl = "spark://localhost:7077"
     spark_jws_secret: SecretStr | None = None
     clusters: Annotated[dict[str, ClusterConfig], NoDecode] = Field(default_factory=dict)
     spark_timeout_s: PositiveSeconds = 10.0
     spark_client_version: str = "4.3.0"
-    # Regular expressions; when set, a job's app_resource must fully match one of them.
+    # Regular expressions; when set, a job's app_resource must fully match one of them, and so
+    # must every resource its properties make the driver load (poller/admission.py).
     allowed_app_resources: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Under that allow-list, what callers may still set although it loads code from elsewhere:
+    # property names, environment variable names, main class regular expressions.
+    allowed_spark_properties: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_environment_variables: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_main_classes: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     poll_interval_seconds: PositiveSeconds = 30.0
     scheduler_threads: Annotated[int, Field(ge=1, le=256)] = 10
+    # Worker threads for the API's blocking handlers (health never needs one).
+    api_threads: Annotated[int, Field(ge=1, le=1024)] = 40
+    # Clusters taken out of POLLER_CLUSTERS on purpose: their requests in flight end LOST.
+    retired_clusters: Annotated[list[str], NoDecode] = Field(default_factory=list)
     reconcile_interval_s: PositiveSeconds = 60.0
     shutdown_timeout_s: PositiveSeconds = 15.0
 
@@ -100,29 +228,66 @@ class Settings(BaseSettings):
     @field_validator("clusters", mode="before")
     @classmethod
     def _parse_clusters(cls, value: object) -> object:
-        return _json_env("POLLER_CLUSTERS", value) or {}
+        return _check_cluster_secrets(_json_env("POLLER_CLUSTERS", value) or {})
+
+    @field_validator("spark_jws_secret")
+    @classmethod
+    def _usable_jws_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_jws_secret(value, "POLLER_SPARK_JWS_SECRET")
 
     @field_validator("kafka_extra_config", mode="before")
     @classmethod
     def _parse_kafka_extra(cls, value: object) -> object:
         return _json_env("POLLER_KAFKA_EXTRA_CONFIG", value) or {}
 
-    @field_validator("allowed_app_resources", mode="before")
+    @field_validator(
+        "allowed_app_resources",
+        "allowed_spark_properties",
+        "allowed_environment_variables",
+        "allowed_main_classes",
+        "retired_clusters",
+        mode="before",
+    )
     @classmethod
-    def _parse_patterns(cls, value: object) -> object:
+    def _parse_list(cls, value: object, info: ValidationInfo) -> object:
+        """A JSON list, or comma-separated names or patterns."""
         if isinstance(value, str) and not value.strip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
-        return _json_env("POLLER_ALLOWED_APP_RESOURCES", value) or []
+        return _json_env(_env_name(info), value) or []
 
-    @field_validator("allowed_app_resources")
+    @field_validator("allowed_app_resources", "allowed_main_classes")
     @classmethod
-    def _compile_patterns(cls, value: list[str]) -> list[str]:
+    def _compile_patterns(cls, value: list[str], info: ValidationInfo) -> list[str]:
         for pattern in value:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                msg = f"POLLER_ALLOWED_APP_RESOURCES: bad pattern {pattern!r}: {exc}"
+                msg = f"{_env_name(info)}: bad pattern {pattern!r}: {exc}"
                 raise ValueError(msg) from None
+        return value
+
+    @field_validator("database_url", "api_token", "kafka_sasl_password")
+    @classmethod
+    def _refuse_empty_secret(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        """An empty secret is a mistake, never a setting: an empty API token let anyone in."""
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError(f"{_env_name(info)} is empty; leave it unset or give it a value")
+        if info.field_name == "api_token" and secret != secret.strip():
+            # HTTP strips header values: such a token could never be presented.
+            raise ValueError("POLLER_API_TOKEN starts or ends with whitespace")
+        return value
+
+    @field_validator("kafka_extra_config")
+    @classmethod
+    def _refuse_empty_extra(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        empty = sorted(key for key, text in value.items() if not text.get_secret_value().strip())
+        if empty:
+            raise ValueError(f"POLLER_KAFKA_EXTRA_CONFIG: empty value for {', '.join(empty)}")
         return value
 
     @field_validator("clusters")

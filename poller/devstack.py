@@ -39,16 +39,32 @@ def free_port() -> int:
 
 
 def wait_for(
-    predicate: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.1
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    step_s: float = 0.1,
+    describe: Callable[[], str] | None = None,
 ) -> None:
-    """Wait until ``predicate()`` is true, or raise TimeoutError naming ``what``."""
+    """Wait until ``predicate()`` is true, or raise TimeoutError naming ``what`` (and, from
+    ``describe``, where things stood)."""
     deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
     while True:
-        with contextlib.suppress(Exception):
+        try:
             if predicate():
                 return
+        except Exception as exc:
+            last_error = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            message = f"timed out after {timeout_s:.0f}s waiting for {what}"
+            if describe is not None:
+                try:
+                    message += f"; now: {describe()}"
+                except Exception as exc:
+                    message += f"; state unknown ({exc!r})"
+            elif last_error is not None:
+                message += f"; last error: {last_error!r}"
+            raise TimeoutError(message)
         time.sleep(step_s)
 
 
@@ -318,6 +334,19 @@ class KafkaBroker:
     def stop(self) -> None:
         if self.daemon is not None:
             self.daemon.stop()
+
+    def kill(self) -> None:
+        """Gone at once: SIGTERM lets the broker serve connected clients for seconds more."""
+        if self.daemon is not None:
+            self.daemon.kill()
+        wait_for(lambda: not self._listening(), 10, "the broker's port to close")
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
 
 
 def postgres_bindir() -> Path:

@@ -5,6 +5,7 @@ PollerError
 |   +-- UnknownCluster
 +-- RequestNotFound       no such request_id (404)
 +-- RequestConflict       request_id taken, or the request already ended (409)
+|   +-- DriverTaken       another active request already tracks that driver
 +-- SparkError
 |   +-- SparkUnavailable  transient: connection failed, timed out, 5xx (retry later)
 |   +-- SparkRejected     Spark answered and said no (bad job, auth, ...)
@@ -41,6 +42,14 @@ class RequestNotFound(PollerError):
 
 class RequestConflict(PollerError):
     pass
+
+
+class DriverTaken(RequestConflict):
+    """The driver is already tracked by another request on its cluster that is not done."""
+
+    def __init__(self, message: str, tracking_request_id: str) -> None:
+        super().__init__(message)
+        self.tracking_request_id = tracking_request_id
 
 
 class SparkError(PollerError):

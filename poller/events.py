@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cloudevents.core.bindings.kafka import KafkaMessage, to_binary_event
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 EVENT_TYPE = "io.spark-poller.job.completed.v1"
 POLL_STEP_S = 0.1
 ERROR_REPEAT_S = 60.0
+
+DeliveryCallback = Callable[[str | None], None]
 
 
 def to_kafka_message(event: CompletionEvent, source: str) -> KafkaMessage:
@@ -66,7 +69,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 class EventPublisher:
-    """One idempotent producer (acks=all); ``publish`` returns once the broker has the event."""
+    """One idempotent producer (acks=all); ``send`` reports each event's delivery by callback."""
 
     def __init__(
         self, config: dict[str, Any], topic: str, source: str, delivery_timeout_s: float
@@ -85,6 +88,7 @@ class EventPublisher:
         self._last_error_at = 0.0
         self._lock = threading.Lock()
         self._producer = Producer(self._config)
+        self._wedged: Producer | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._serve_callbacks, name="kafka-callbacks", daemon=True
@@ -105,6 +109,8 @@ class EventPublisher:
             with self._lock:
                 producer = self._producer
             producer.poll(POLL_STEP_S)
+            if self._wedged is producer:
+                self._replace_producer(producer)
 
     def _replace_producer(self, stale: Producer) -> None:
         """An idempotent producer can stay wedged after a broker restart: start afresh."""
@@ -113,19 +119,21 @@ class EventPublisher:
                 return
             logger.warning("replacing the Kafka producer after a failed delivery")
             self._producer = Producer(self._config)
-        # Fail what the old producer still holds now, so its waiting publishers hear at once.
+        # Fail what the old producer still holds now, so its senders hear at once.
         stale.purge()
         stale.flush(0)
 
-    def publish(self, event: CompletionEvent) -> None:
-        """Send ``event`` and wait for its delivery report. Raises PublishFailed."""
+    def send(self, event: CompletionEvent, on_done: DeliveryCallback) -> None:
+        """Queue ``event`` without waiting; ``on_done(None)`` once the broker has it, else
+        ``on_done(reason)``. Called back on the producer's callback thread: keep it short.
+
+        Raises PublishFailed when the event cannot even be queued."""
         message = to_kafka_message(event, self.source)
-        delivered = threading.Event()
-        outcome: list[KafkaError | None] = []
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            outcome.append(err)
-            delivered.set()
+            if err is not None and (err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT):
+                self._wedged = producer  # replaced by the callback thread, outside this callback
+            on_done(None if err is None else f"Kafka did not take the event: {err.str()}")
 
         with self._lock:
             producer = self._producer
@@ -139,14 +147,12 @@ class EventPublisher:
             )
         except (KafkaException, BufferError) as exc:
             raise PublishFailed(f"could not queue the event: {exc}") from exc
-        if not delivered.wait(self.delivery_timeout_s + 5):
-            self._replace_producer(producer)
-            raise PublishFailed("Kafka gave no delivery report in time")
-        err = outcome[0]
-        if err is not None:
-            if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
-                self._replace_producer(producer)
-            raise PublishFailed(f"Kafka did not take the event: {err.str()}")
+
+    def replace_if_stuck(self) -> None:
+        """No delivery report long past the delivery timeout: the producer is wedged."""
+        with self._lock:
+            producer = self._producer
+        self._replace_producer(producer)
 
     def problem(self, timeout_s: float = 2.0) -> str | None:
         """Why the broker cannot take our events right now, or None when it can."""

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Dialect, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Rows that still track their driver: at most one per (cluster, submission_id).
+TRACKING = "submission_id IS NOT NULL AND phase <> 'done'"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in and comes out as an aware UTC datetime, whatever the backend.
+
+    SQLite keeps no offset (it would store a foreign zone's wall clock as if it were UTC), and
+    PostgreSQL answers in the session's time zone: both are normalised here, so a record, and the
+    event built from it, never depend on a server setting. A naive value is taken as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, _dialect: Dialect) -> datetime | None:
+        return None if value is None else _utc(value)
+
+    def process_result_value(self, value: datetime | None, _dialect: Dialect) -> datetime | None:
+        return None if value is None else _utc(value)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -17,6 +43,18 @@ class RequestRow(Base):
     """One transfer request; the source of truth for which poll jobs must exist."""
 
     __tablename__ = "poller_requests"
+    __table_args__ = (
+        # One driver, one request: a second request tracking the same driver would publish a
+        # second event (with another event_id) and could kill the first one's driver.
+        Index(
+            "uq_poller_requests_tracked_driver",
+            "cluster",
+            "submission_id",
+            unique=True,
+            sqlite_where=text(TRACKING),
+            postgresql_where=text(TRACKING),
+        ),
+    )
 
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     cluster: Mapped[str] = mapped_column(String(64))
@@ -28,9 +66,9 @@ class RequestRow(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     polls: Mapped[int] = mapped_column(Integer, default=0)
     unknown_polls: Mapped[int] = mapped_column(Integer, default=0)
-    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    last_polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     event_id: Mapped[str | None] = mapped_column(String(36))
-    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

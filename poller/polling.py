@@ -2,29 +2,29 @@
 
 A run is a small state machine driven by the request's record, so a crash at any point is repaired
 by the next run: POLLING (and CANCELLING, a kill awaiting Spark's confirmation) asks Spark and, on
-an ending, fixes the outcome in the database (PUBLISHING); PUBLISHING publishes the event (built
-from the record, hence identical on every retry) and waits for Kafka's ack, then marks the request
-DONE; DONE removes the job.
+an ending, fixes the outcome in the database (PUBLISHING); PUBLISHING offers the record to the
+outbox, which publishes the event (built from the record, hence identical on every retry) and, on
+Kafka's ack, marks the request DONE and removes the job; DONE removes the job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from poller.errors import PollerError, SparkError
-from poller.events import EventPublisher
-from poller.schemas import CompletionEvent, DriverState, JobRecord, Phase, event_id_for
+from poller.errors import PollerError, SparkError, UnknownCluster
+from poller.outbox import Outbox
+from poller.schemas import DriverState, JobRecord, Phase
 from poller.spark import SparkClient
 from poller.store import RequestStore, utcnow
 
 logger = logging.getLogger(__name__)
 
-LOCK_STRIPES = 64
 ASKING_SPARK = (Phase.POLLING, Phase.CANCELLING)
 
 RemoveJob = Callable[[str], None]
@@ -41,6 +41,35 @@ class PollPolicy:
     kill_confirm_timeout_s: float = 60.0
 
 
+class RequestLocks:
+    """One lock per request id, alive while someone holds or awaits it: a slow step of one
+    request (a kill, a status call) never delays another."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, request_id: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(request_id, (threading.Lock(), 0))
+            self._locks[request_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[request_id]
+                if users == 1:
+                    del self._locks[request_id]
+                else:
+                    self._locks[request_id] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
+
+
 class Poller:
     """Everything one poll run needs; the scheduler reaches it through :func:`run_poll`."""
 
@@ -48,20 +77,20 @@ class Poller:
         self,
         store: RequestStore,
         clusters: Mapping[str, SparkClient],
-        publisher: EventPublisher,
+        outbox: Outbox,
         remove_job: RemoveJob,
         policy: PollPolicy | None = None,
     ) -> None:
         self.store = store
         self.clusters = clusters
-        self.publisher = publisher
+        self.outbox = outbox
         self.remove_job = remove_job
         self.policy = policy or PollPolicy()
-        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self.locks = RequestLocks()
 
-    def lock_for(self, request_id: str) -> threading.Lock:
+    def lock_for(self, request_id: str) -> contextlib.AbstractContextManager[None]:
         """Serialises the poll job and a cancel of the same request within this process."""
-        return self._locks[zlib.crc32(request_id.encode()) % LOCK_STRIPES]
+        return self.locks.hold(request_id)
 
     def poll(self, request_id: str) -> None:
         """One scheduled run. Never raises: a failure leaves the job for the next run."""
@@ -92,14 +121,23 @@ class Poller:
         if record.phase in ASKING_SPARK:
             record = self._check_spark(record)
         if record.phase == Phase.PUBLISHING:
-            record = self._publish(record)
+            self.outbox.offer(record)
         if record.phase == Phase.DONE:
             self.remove_job(request_id)
         return record
 
     def _check_spark(self, record: JobRecord) -> JobRecord:
         assert record.submission_id is not None
-        status = self.clusters[record.cluster].status(record.submission_id)
+        client = self.clusters.get(record.cluster)
+        if client is None:  # recorded by a process configured otherwise (a rolling update)
+            raise UnknownCluster(f"cluster {record.cluster!r} is not configured in this process")
+        try:
+            status = client.status(record.submission_id)
+        except SparkError:
+            # The kill's deadline holds whether or not Spark answers.
+            if record.phase == Phase.CANCELLING and self._kill_unconfirmed(record, utcnow()):
+                return self._kill_deadline_passed(record)
+            raise
         self.store.record_poll(
             record.request_id,
             status.state if status.found else None,
@@ -136,16 +174,8 @@ class Poller:
             return record
         now = utcnow()
         if record.phase == Phase.CANCELLING:
-            requested = record.cancel_requested_at or now
-            if (now - requested).total_seconds() > self.policy.kill_confirm_timeout_s:
-                return self._fix(
-                    record,
-                    DriverState.CANCELLED,
-                    (
-                        f"{record.message}; Spark did not confirm the kill within "
-                        f"{self.policy.kill_confirm_timeout_s:g}s"
-                    ),
-                )
+            if self._kill_unconfirmed(record, now):
+                return self._kill_deadline_passed(record)
             return record
         reason = self._overdue(record, now)
         if reason is not None:
@@ -153,6 +183,20 @@ class Poller:
                 reason += self._kill(record)
             return self._fix(record, DriverState.TIMED_OUT, reason)
         return record
+
+    def _kill_unconfirmed(self, record: JobRecord, now: datetime) -> bool:
+        requested = record.cancel_requested_at or now
+        return (now - requested).total_seconds() > self.policy.kill_confirm_timeout_s
+
+    def _kill_deadline_passed(self, record: JobRecord) -> JobRecord:
+        return self._fix(
+            record,
+            DriverState.CANCELLED,
+            (
+                f"{record.message}; Spark did not confirm the kill within "
+                f"{self.policy.kill_confirm_timeout_s:g}s"
+            ),
+        )
 
     def _overdue(self, record: JobRecord, now: datetime) -> str | None:
         age_s = (now - record.submitted_at).total_seconds()
@@ -193,51 +237,11 @@ class Poller:
         return record
 
     def complete(self, request_id: str, final_state: DriverState, message: str | None) -> JobRecord:
-        """Fix a request's outcome (if not already fixed) and publish its event now if Kafka allows.
+        """Fix a request's outcome (if not already fixed) and offer its event to the outbox.
 
-        Caller holds :meth:`lock_for`. If publishing fails the poll job stays and retries it.
-        """
+        Caller holds :meth:`lock_for`."""
         self.store.complete(request_id, final_state, message)
-        try:
-            record = self.advance(request_id)
-        except PollerError as exc:
-            logger.warning(
-                "event for %s not yet published, the poll job retries: %s",
-                request_id,
-                exc.message,
-                extra={"request_id": request_id},
-            )
-            record = None
-        return record or self._reload(request_id)
-
-    def _publish(self, record: JobRecord) -> JobRecord:
-        self.publisher.publish(completion_event(record))
-        self.store.mark_published(record.request_id)
-        logger.info(
-            "published %s event for %s",
-            record.state.value,
-            record.request_id,
-            extra={"request_id": record.request_id, "submission_id": record.submission_id},
-        )
-        return self._reload(record.request_id)
-
-
-def completion_event(record: JobRecord) -> CompletionEvent:
-    """The request's event, built only from its stored record so every re-publish is identical."""
-    assert record.completed_at is not None
-    return CompletionEvent(
-        event_id=event_id_for(record.request_id),
-        request_id=record.request_id,
-        submission_id=record.submission_id,
-        cluster=record.cluster,
-        state=record.state,
-        spark_state=record.spark_state,
-        message=record.message,
-        submitted_at=record.submitted_at,
-        completed_at=record.completed_at,
-        polls=record.polls,
-        labels=record.labels,
-    )
+        return self.advance(request_id) or self._reload(request_id)
 
 
 _installed: Poller | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import STATE_STOPPED
+from apscheduler.schedulers.base import STATE_PAUSED, STATE_STOPPED
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 JOBS_TABLE = "apscheduler_jobs"
 STORE_RETRY_S = 2.0
+MAX_WAIT_S = 1.0
 
 
 class ResilientScheduler(BackgroundScheduler):  # type: ignore[misc]
@@ -34,6 +36,17 @@ class ResilientScheduler(BackgroundScheduler):  # type: ignore[misc]
     gone, which may delete rows it cannot unpickle and tries to submit due jobs; we skip that pass.
     """
 
+    def shutdown(self, wait: bool = True) -> None:
+        """Wait for running jobs without holding the job-store lock.
+
+        APScheduler 3 waits for its pools while holding that lock, and a job that ends meanwhile
+        and removes itself (``remove_job`` takes the same lock) deadlocks the stop for good."""
+        if self.state != STATE_STOPPED:
+            self.pause()
+            for executor in list(self._executors.values()):
+                executor.shutdown(wait)
+        super().shutdown(wait=False)
+
     def _process_jobs(self) -> float | None:
         if self.state == STATE_STOPPED:
             return None
@@ -44,7 +57,10 @@ class ResilientScheduler(BackgroundScheduler):  # type: ignore[misc]
                 "job store error in the scheduler loop; retrying in %.0fs", STORE_RETRY_S
             )
             return STORE_RETRY_S
-        return wait_s
+        if self.state == STATE_PAUSED:
+            return wait_s
+        # Another process (a standby serving the API) may add jobs: look at the store now and then.
+        return MAX_WAIT_S if wait_s is None else min(wait_s, MAX_WAIT_S)
 
 
 class PollScheduler:
@@ -84,6 +100,11 @@ class PollScheduler:
     def resume(self) -> None:
         self.scheduler.resume()
 
+    def pause(self) -> None:
+        """No new runs from now on (runs already handed to a thread finish)."""
+        if self.scheduler.state != STATE_STOPPED:
+            self.scheduler.pause()
+
     def alive(self) -> bool:
         thread = getattr(self.scheduler, "_thread", None)
         return thread is not None and bool(thread.is_alive())
@@ -113,8 +134,27 @@ class PollScheduler:
             ) from exc
         return True
 
+    def spread_overdue(self, window_s: float) -> int:
+        """Move every overdue job to a run time within the next ``window_s``; returns how many.
+
+        Called before the scheduler resumes after downtime. APScheduler 3 would otherwise build
+        every missed run time of each overdue job (a day at 1 s is 86,400 per job) under its
+        job-store lock, and run them all in the same second: spread, the master is asked about
+        the backlog no faster than in steady state."""
+        now = datetime.now(UTC)
+        overdue = self.jobstore.get_due_jobs(now)
+        for job in overdue:
+            job._modify(next_run_time=now + timedelta(seconds=random.uniform(0, window_s)))
+            self.jobstore.update_job(job)
+        return len(overdue)
+
     def remove(self, request_id: str) -> None:
-        """Remove the poll job of ``request_id``; a job already gone is fine."""
+        """Remove the poll job of ``request_id``; a job already gone is fine.
+
+        Once the scheduler stops, nothing is removed: the next start drops the jobs of requests
+        that are done (reconcile), and a stop never waits on the job store."""
+        if self.scheduler.state == STATE_STOPPED:
+            return
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(request_id)
 

@@ -11,8 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from poller.config import CLUSTER_NAME_PATTERN, DEFAULT_CLUSTER
 
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-SUBMISSION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# 1 to 128 of [A-Za-z0-9._-] but not "." or "..", which mean something in URL paths; spelled
+# without look-ahead, which pydantic-core's regex engine lacks.
+REQUEST_ID_PATTERN = (
+    r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
+    r"|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}"
+    r"|\.\.[A-Za-z0-9._-]{1,126})$"
+)
+# Spark standalone's driver ids: "driver-" + yyyyMMddHHmmss + "-" + a sequence number (%04d).
+SUBMISSION_ID_PATTERN = r"^driver-[0-9]{14}-[0-9]{4,10}$"
 # The cluster decides these: a request must not point its driver at another master.
 RESERVED_SPARK_PROPERTIES = frozenset({"spark.master", "spark.submit.deployMode"})
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c0e-2b6a-5d8e-9a41-5f0c3b7e8d21")

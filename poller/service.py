@@ -1,41 +1,26 @@
-"""Composition root and use cases: builds every part from Settings; submit, get, list, cancel."""
+"""Composition root and lifecycle: builds every part from Settings, starts, leads, stops."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from poller import polling
 from poller.config import Settings
 from poller.db import create_db_engine
 from poller.errors import (
-    InvalidRequest,
     PollerError,
-    RequestConflict,
-    RequestNotFound,
-    SparkError,
-    SparkUnavailable,
-    StoreUnavailable,
-    SubmissionUnknown,
-    UnknownCluster,
 )
 from poller.events import EventPublisher, producer_config
+from poller.health import HealthMonitor
+from poller.jobs import Jobs
+from poller.lease import lease_for
+from poller.outbox import Outbox
 from poller.polling import Poller, PollPolicy
 from poller.scheduler import PollScheduler
-from poller.schemas import (
-    DriverState,
-    JobPage,
-    JobRecord,
-    Phase,
-    SubmitRequest,
-    SubmitResponse,
-)
 from poller.spark import SparkClient
 from poller.store import RequestStore
 
@@ -43,8 +28,11 @@ logger = logging.getLogger(__name__)
 
 JOB_FUNC = "poller.polling:run_poll"
 WATCHDOG_STEP_S = 1.0
-KILL_CONFIRM_INLINE_S = 3.0
-KILL_CONFIRM_STEP_S = 0.2
+LEASE_RETRY_S = 2.0
+LEASE_CHECK_S = 2.0
+RECOVERY_STEP_S = 5.0
+HEALTH_CHECK_PERIOD_S = 2.0
+HEALTH_STALE_AFTER_S = 15.0
 
 
 class Service:
@@ -52,8 +40,12 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Every thread that may use the database at once: poll runs, API handlers, and ours
+        # (lease, outbox, health, watchdog, scheduler loop).
         self.engine = create_db_engine(
-            settings.database_url.get_secret_value(), pool_size=settings.scheduler_threads + 5
+            settings.database_url.get_secret_value(),
+            pool_size=settings.scheduler_threads + settings.api_threads + 5,
+            timeout_s=settings.database_timeout_s,
         )
         self.store = RequestStore(self.engine)
         self.clusters = {
@@ -62,7 +54,7 @@ class Service:
                 cluster,
                 settings.spark_timeout_s,
                 settings.spark_client_version,
-                pool_size=settings.scheduler_threads,
+                pool_size=settings.scheduler_threads + settings.api_threads,
             )
             for name, cluster in settings.clusters.items()
         }
@@ -82,23 +74,41 @@ class Service:
             kill_on_timeout=settings.kill_on_timeout,
             kill_confirm_timeout_s=settings.kill_confirm_timeout_s,
         )
-        self.poller = Poller(
-            self.store, self.clusters, self.publisher, self.scheduler.remove, policy
+        self.outbox = Outbox(
+            self.store,
+            self.publisher,
+            self.scheduler.remove,
+            stuck_after_s=settings.kafka_delivery_timeout_s + 5,
+        )
+        self.poller = Poller(self.store, self.clusters, self.outbox, self.scheduler.remove, policy)
+        self.jobs = Jobs(
+            settings, self.store, self.clusters, self.scheduler, self.poller, self.outbox
+        )
+        self.lease = lease_for(settings.database_url.get_secret_value(), self.engine)
+        self.health = HealthMonitor(
+            {"database": self._check_database, "kafka": self.publisher.problem},
+            period_s=HEALTH_CHECK_PERIOD_S,
+            stale_after_s=HEALTH_STALE_AFTER_S,
         )
         self.fatal: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         self._stopping = threading.Event()
+        self._activated = threading.Event()
+        self._leading = threading.Event()
         self._watchdog: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create tables, start the scheduler paused, repair jobs from our records, then poll."""
+        """Create tables and start the scheduler paused.
+
+        From here the API records requests and their poll jobs, but nothing is recovered or polled
+        until :meth:`activate` has been called and this process holds the scheduler lease."""
         self.store.create_schema()
         polling.install(self.poller)
+        self.outbox.start()
         self.scheduler.start()
-        self.reconcile(load_jobs=True)
-        self.scheduler.resume()
+        self.health.start()
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
         logger.info(
@@ -108,11 +118,21 @@ class Service:
             self.settings.kafka_topic,
         )
 
+    def activate(self) -> None:
+        """The HTTP socket is bound: from now on the watchdog competes for the scheduler lease."""
+        self._activated.set()
+
+    @property
+    def role(self) -> str:
+        return "leader" if self._leading.is_set() else "standby"
+
     def stop(self) -> None:
-        """Let running polls finish, flush the producer, release connections."""
+        """Let running polls finish, flush the producer, release the lease and connections."""
         self._stopping.set()
         # Running polls may finish, within a bound: an interrupted one is redone after restart.
-        stopper = threading.Thread(target=self.scheduler.shutdown, name="scheduler-stop")
+        stopper = threading.Thread(
+            target=self.scheduler.shutdown, name="scheduler-stop", daemon=True
+        )
         stopper.start()
         stopper.join(self.settings.shutdown_timeout_s)
         if stopper.is_alive():
@@ -122,8 +142,12 @@ class Service:
             )
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
-        self.publisher.close()
+        self.health.stop()
+        self.publisher.close()  # flushes: the reports of events still on their way arrive
+        self.outbox.stop()
         polling.install(None)
+        self.lease.release()
+        self._leading.clear()
         for client in self.clusters.values():
             client.close()
         self.engine.dispose()
@@ -136,7 +160,6 @@ class Service:
         start-up wants; the periodic check only reads ids. Jobs are read before records so a
         request finishing in between is never given a fresh job.
         """
-        recovered = self._recover_submissions(at_startup=load_jobs)
         jobs = self.scheduler.job_ids() if load_jobs else self.scheduler.stored_ids()
         active = self.store.active_ids()
         missing = active - jobs
@@ -146,8 +169,6 @@ class Service:
             self.scheduler.add(request_id, first_run_at=now)
         for request_id in sorted(orphans):
             self.scheduler.remove(request_id)
-        if recovered:
-            logger.warning("resolved %d interrupted submission(s)", recovered)
         if missing or orphans:
             logger.warning(
                 "reconciled poll jobs: re-created %d missing (%s), removed %d orphan(s) (%s)",
@@ -161,20 +182,91 @@ class Service:
         return len(missing), len(orphans)
 
     def _watch(self) -> None:
-        """Exit rather than sit alive with a dead scheduler; reconcile now and then."""
-        last_reconcile = datetime.now(UTC)
+        """Exit rather than sit alive with a dead scheduler; hold the lease; repair now and then."""
+        next_lease_try = next_lease_check = next_recovery = next_reconcile = 0.0
+        said_standby = False
         while not self._stopping.wait(WATCHDOG_STEP_S):
+            if self.fatal is not None:
+                return
             if not self.scheduler.alive():
                 self._die("the scheduler thread died")
                 return
-            if (datetime.now(UTC) - last_reconcile).total_seconds() >= (
-                self.settings.reconcile_interval_s
-            ):
-                last_reconcile = datetime.now(UTC)
-                try:
-                    self.reconcile()
-                except Exception as exc:
-                    logger.warning("periodic reconcile failed: %s", exc)
+            if self.jobs.pending_writes:
+                self._guarded("recording submits", self.jobs.retry_pending_writes)
+            if not self._activated.is_set():
+                continue
+            now = time.monotonic()
+            if not self._leading.is_set():
+                if now < next_lease_try:
+                    continue
+                next_lease_try = now + LEASE_RETRY_S
+                if not self.lease.try_acquire():
+                    if not said_standby:
+                        said_standby = True
+                        logger.warning(
+                            "standby: another process holds the scheduler lease (%s); serving "
+                            "the API and waiting for it",
+                            self.lease.description,
+                        )
+                    continue
+                if not self._lead():
+                    continue
+                next_lease_check = now + LEASE_CHECK_S
+                next_reconcile = now + self.settings.reconcile_interval_s
+                next_recovery = now + RECOVERY_STEP_S
+                continue
+            if now >= next_lease_check:
+                next_lease_check = now + LEASE_CHECK_S
+                if not self.lease.holding():
+                    self.scheduler.pause()  # before anything else: another process may lead now
+                    self._leading.clear()
+                    said_standby = False
+                    logger.error("lost the scheduler lease: stopped polling; standing by")
+            if now >= next_recovery:
+                next_recovery = now + RECOVERY_STEP_S
+                self._guarded("recovery of interrupted submissions", self.jobs.recover_submissions)
+            if now >= next_reconcile:
+                next_reconcile = now + self.settings.reconcile_interval_s
+                self._guarded("periodic reconcile", self.reconcile)
+
+    def _lead(self) -> bool:
+        """This process just took the lease: repair the store, then start polling."""
+        try:
+            stranded = self.store.asking_spark_outside(self.clusters)
+            unknown = sorted(set(stranded) - set(self.settings.retired_clusters))
+            if unknown:
+                self.lease.release()
+                self._die(
+                    "requests in flight on cluster(s) no longer configured: "
+                    + ", ".join(f"{c!r} ({len(stranded[c])})" for c in unknown)
+                    + "; configure them again in POLLER_CLUSTERS, or list them in "
+                    "POLLER_RETIRED_CLUSTERS to end those requests as LOST"
+                )
+                return False
+            self.jobs.retire(stranded)
+            self.jobs.recover_submissions()
+            self.reconcile(load_jobs=True)
+            overdue = self.scheduler.spread_overdue(self.settings.poll_interval_seconds)
+        except Exception as exc:
+            logger.warning("could not take over scheduling yet: %s; retrying", exc)
+            self.lease.release()
+            return False
+        self._leading.set()
+        self.scheduler.resume()
+        logger.info(
+            "holding the scheduler lease (%s): polling; %d overdue poll(s) spread over %.3gs",
+            self.lease.description,
+            overdue,
+            self.settings.poll_interval_seconds,
+        )
+        return True
+
+    @staticmethod
+    def _guarded(what: str, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            logger.warning("%s failed: %s", what, exc)
 
     def _die(self, reason: str) -> None:
         self.fatal = reason
@@ -186,211 +278,17 @@ class Service:
         return self.fatal is None and self.scheduler.alive()
 
     def readiness(self) -> dict[str, str]:
-        """Each dependency's state: "ok" or what is wrong with it."""
+        """Each dependency's state: "ok" or what is wrong with it. Never waits on one."""
+        checks = self.health.problems()
+        checks["scheduler"] = "ok" if self.healthy() else (self.fatal or "not running")
+        return checks
+
+    def _check_database(self) -> str | None:
         try:
             self.store.ping()
-            database = "ok"
         except PollerError as exc:
-            database = exc.message
-        return {
-            "database": database,
-            "kafka": self.publisher.problem() or "ok",
-            "scheduler": "ok" if self.healthy() else (self.fatal or "not running"),
-        }
-
-    # -- use cases -------------------------------------------------------------------------------
-
-    def _client(self, cluster: str) -> SparkClient:
-        try:
-            return self.clusters[cluster]
-        except KeyError:
-            known = ", ".join(sorted(self.clusters))
-            raise UnknownCluster(f"unknown cluster {cluster!r}; known: {known}") from None
-
-    def _check_allowed(self, app_resource: str) -> None:
-        patterns = self.settings.allowed_app_resources
-        if patterns and not any(re.fullmatch(p, app_resource) for p in patterns):
-            raise InvalidRequest("app_resource is not in the allowed list of this service")
-
-    def _insert(self, request_id: str, request: SubmitRequest) -> None:
-        """Record the request before Spark hears of it; a taken id says what it already is."""
-        try:
-            self.store.insert(
-                request_id, request.cluster, request.labels, submission_id=request.submission_id
-            )
-        except RequestConflict:
-            existing = self.store.get(request_id)
-            if existing is None:
-                raise
-            where = f", driver {existing.submission_id}" if existing.submission_id else ""
-            raise RequestConflict(
-                f"request_id {request_id!r} already exists: {existing.state.value}"
-                f" ({existing.phase.value}{where})"
-            ) from None
-
-    def _give_up_submission(self, request_id: str, why: str) -> None:
-        """Spark may have taken the submission: never resubmit, publish SUBMIT_UNKNOWN instead."""
-        message = (
-            f"{why}; whether Spark created the driver is unknown, so it was not submitted again"
-        )
-        if self.store.resolve_submitting(request_id, DriverState.SUBMIT_UNKNOWN, message):
-            logger.error(
-                "submission of %s has an unknown outcome: %s",
-                request_id,
-                why,
-                extra={"request_id": request_id},
-            )
-            with contextlib.suppress(StoreUnavailable):
-                self.scheduler.add(request_id, first_run_at=datetime.now(UTC))
-        raise SubmissionUnknown(f"request {request_id!r}: {message}")
-
-    def _recover_submissions(self, at_startup: bool) -> int:
-        """Resolve submissions a dead (or stuck) submit call left in SUBMITTING."""
-        grace_s = 0.0 if at_startup else self.settings.spark_timeout_s * 4 + 30
-        cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
-        recovered = 0
-        for record in self.store.submitting_since(cutoff):
-            recovered += 1
-            if record.submission_id is not None:  # an adoption: the driver is known, poll it
-                self.store.mark_submitted(
-                    record.request_id, record.submission_id, DriverState.UNKNOWN
-                )
-                continue
-            with contextlib.suppress(SubmissionUnknown):
-                self._give_up_submission(
-                    record.request_id, "the service stopped while submitting to Spark"
-                )
-        return recovered
-
-    def submit(self, request: SubmitRequest) -> SubmitResponse:
-        """Submit (or adopt) a driver and register its poll job. Nothing stays behind on failure."""
-        client = self._client(request.cluster)
-        if request.job is not None:
-            self._check_allowed(request.job.app_resource)
-        request_id = request.request_id or str(uuid.uuid4())
-        self._insert(request_id, request)
-        try:
-            if request.job is not None:
-                submission_id = client.create(request.job, request_id)
-                state = DriverState.SUBMITTED
-            else:
-                assert request.submission_id is not None
-                submission_id = request.submission_id
-                status = client.status(submission_id)
-                if not status.found or status.state is None:
-                    raise InvalidRequest(
-                        f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"
-                    )
-                state = status.state
-        except SparkUnavailable as exc:
-            if request.job is not None and exc.maybe_applied:
-                self._give_up_submission(
-                    request_id, f"Spark did not answer the submission: {exc.message}"
-                )
-            self.store.delete_submitting(request_id)
-            raise
-        except (SparkError, InvalidRequest):
-            self.store.delete_submitting(request_id)
-            raise
-        if self.store.mark_submitted(request_id, submission_id, state) is None:
-            raise SubmissionUnknown(
-                f"request {request_id!r} was resolved as SUBMIT_UNKNOWN while Spark was answering"
-            )
-        # An adopted driver that already ended is published at once rather than after an interval.
-        try:
-            self.scheduler.add(
-                request_id, first_run_at=datetime.now(UTC) if state.terminal else None
-            )
-        except StoreUnavailable as exc:
-            # The record says "polling", so the periodic reconcile registers the job later.
-            logger.warning(
-                "poll job of %s not registered yet (%s); reconcile will add it",
-                request_id,
-                exc.message,
-                extra={"request_id": request_id},
-            )
-        logger.info(
-            "tracking %s: driver %s on %s (%s)",
-            request_id,
-            submission_id,
-            request.cluster,
-            "adopted" if request.job is None else "submitted",
-            extra={"request_id": request_id, "submission_id": submission_id},
-        )
-        return SubmitResponse(
-            request_id=request_id, submission_id=submission_id, cluster=request.cluster, state=state
-        )
-
-    def get(self, request_id: str) -> JobRecord:
-        record = self.store.get(request_id)
-        if record is None:
-            raise RequestNotFound(f"no request {request_id!r}")
-        return self._with_next_poll([record])[0]
-
-    def list_jobs(self, state: DriverState | None, limit: int, offset: int) -> JobPage:
-        items, total = self.store.page(state, limit, offset)
-        return JobPage(items=self._with_next_poll(items), total=total, limit=limit, offset=offset)
-
-    def _with_next_poll(self, records: list[JobRecord]) -> list[JobRecord]:
-        active = [r.request_id for r in records if r.phase in (Phase.POLLING, Phase.PUBLISHING)]
-        next_runs = self.scheduler.next_run_times(active)
-        return [
-            r.model_copy(update={"next_poll_at": next_runs[r.request_id]})
-            if r.request_id in next_runs
-            else r
-            for r in records
-        ]
-
-    def cancel(self, request_id: str, kill: bool) -> JobRecord:
-        """Stop polling and publish a CANCELLED event.
-
-        With ``kill`` Spark is asked to kill the driver first, and the event waits for Spark to
-        confirm the driver ended (briefly here, then in the poll job up to a deadline); the
-        returned record is then in phase ``cancelling``.
-        """
-        with self.poller.lock_for(request_id):
-            record = self.store.get(request_id)
-            if record is None:
-                raise RequestNotFound(f"no request {request_id!r}")
-            if record.phase == Phase.SUBMITTING:
-                raise RequestConflict(f"request {request_id!r} is still being submitted")
-            if record.phase == Phase.CANCELLING:
-                raise RequestConflict(f"request {request_id!r} is already being cancelled")
-            if record.phase != Phase.POLLING:
-                raise RequestConflict(
-                    f"request {request_id!r} already ended ({record.state.value})"
-                )
-            if not kill or record.submission_id is None:
-                record = self.poller.complete(
-                    request_id, DriverState.CANCELLED, "cancelled by request"
-                )
-            else:
-                record = self._kill_and_confirm(record)
-        logger.info(
-            "cancel of %s: %s (kill=%s)",
-            request_id,
-            record.phase.value,
-            kill,
-            extra={"request_id": request_id},
-        )
-        return self._with_next_poll([record])[0]
-
-    def _kill_and_confirm(self, record: JobRecord) -> JobRecord:
-        assert record.submission_id is not None
-        accepted, spark_message = self._client(record.cluster).kill(record.submission_id)
-        message = f"cancelled by request; kill {'accepted' if accepted else 'refused'} by Spark"
-        if spark_message:
-            message += f": {spark_message}"
-        self.store.mark_cancelling(record.request_id, message)
-        # Spark reports KILLED a fraction of a second after the kill: confirm it here if we can.
-        deadline = time.monotonic() + KILL_CONFIRM_INLINE_S
-        while True:
-            current = self.poller.advance(record.request_id)
-            if current is None or current.phase != Phase.CANCELLING:
-                return current or record
-            if time.monotonic() > deadline:
-                return current
-            time.sleep(KILL_CONFIRM_STEP_S)
+            return exc.message
+        return None
 
 
 def _sample(ids: set[str], limit: int = 5) -> str:

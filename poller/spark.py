@@ -1,13 +1,22 @@
-"""Talks to one Spark standalone master through its REST submission API (v1)."""
+"""Talks to one Spark standalone cluster through its masters' REST submission API (v1).
+
+A cluster may list several masters (standalone HA: one ALIVE, the others STANDBY). Like
+spark-submit's RestSubmissionClient, the client asks them in turn and sticks to the one that last
+answered as ALIVE.
+"""
 
 from __future__ import annotations
 
 import base64
 import logging
 import random
+import re
+import ssl
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -19,6 +28,13 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from urllib3.exceptions import (
+    ClosedPoolError,
+    ConnectTimeoutError,
+    EmptyPoolError,
+    NewConnectionError,
+)
+from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
 from poller.config import ClusterConfig
 from poller.errors import SparkRejected, SparkUnavailable
@@ -29,6 +45,32 @@ logger = logging.getLogger(__name__)
 PYTHON_RUNNER = "org.apache.spark.deploy.PythonRunner"
 MAX_MESSAGE_CHARS = 2000
 JWS_LIFETIME_S = 300
+# How a master that is not ALIVE (STANDBY, RECOVERING, COMPLETING_RECOVERY) starts its refusal of
+# create, kill and status calls: Spark's Utils.BACKUP_STANDALONE_MASTER_PREFIX.
+NOT_ALIVE_PREFIX = "Current state is not alive"
+_NOT_ALIVE_STATE = re.compile(re.escape(NOT_ALIVE_PREFIX) + r": ([A-Z_]+)")
+
+# Errors that surely come before any byte of the request reached a server: no TCP connection
+# (refused, unreachable, DNS: NewConnectionError and NameResolutionError are ConnectTimeoutErrors),
+# a proxy that could not be reached or would not open the tunnel, a server certificate refused
+# during the TLS handshake, no pooled connection, or a request refused while being prepared.
+# Anything else (a read timeout, a reset or a TLS error after sending) may have landed.
+_NEVER_SENT: tuple[type[BaseException], ...] = (
+    requests.ConnectTimeout,
+    ConnectTimeoutError,
+    NewConnectionError,
+    requests.exceptions.ProxyError,
+    Urllib3ProxyError,
+    ssl.SSLCertVerificationError,
+    EmptyPoolError,
+    ClosedPoolError,
+    requests.exceptions.URLRequired,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidJSONError,
+)
 
 
 def create_request_body(
@@ -72,8 +114,30 @@ def jws_token(secret: SecretStr, lifetime_s: int = JWS_LIFETIME_S) -> str:
     )
 
 
+def master_not_alive(payload: Mapping[str, Any]) -> str | None:
+    """The recovery state of a master that refused the call because it is not ALIVE, else None.
+
+    Spark answers such calls with HTTP 200 and ``success: false``; the status call wraps the
+    message in "Exception from the cluster". This is what spark-submit checks too.
+    """
+    message = payload.get("message")
+    if payload.get("success") is True or not isinstance(message, str):
+        return None
+    if NOT_ALIVE_PREFIX not in message:
+        return None
+    match = _NOT_ALIVE_STATE.search(message)
+    return match.group(1) if match else "not ALIVE"
+
+
 def parse_status(payload: dict[str, Any]) -> DriverStatus:
-    """Read a SubmissionStatusResponse; ``success: false`` means Spark does not know the driver."""
+    """Read a SubmissionStatusResponse; ``success: false`` means Spark does not know the driver.
+
+    Raises SparkUnavailable when the master answered that it is not ALIVE: it knows nothing
+    about drivers then, so that answer says nothing about this one.
+    """
+    state = master_not_alive(payload)
+    if state is not None:
+        raise SparkUnavailable(f"the Spark master is {state}, not ALIVE")
     if payload.get("success") is not True or "driverState" not in payload:
         return DriverStatus(found=False, message=_short(payload.get("message")))
     raw = str(payload["driverState"])
@@ -87,10 +151,13 @@ def parse_status(payload: dict[str, Any]) -> DriverStatus:
 
 
 def _short(message: object) -> str | None:
-    """Spark's message without the Java stack trace it often carries."""
+    """Spark's message without the Java stack trace it often carries.
+
+    Spark 4 writes each frame as a tab and the frame, without the "at" of a JVM trace.
+    """
     if not isinstance(message, str) or not message.strip():
         return None
-    text = message.split("\n\tat ", 1)[0].strip()
+    text = message.split("\n\t", 1)[0].strip()
     return text[:MAX_MESSAGE_CHARS]
 
 
@@ -108,14 +175,47 @@ def _rejection_reason(response: requests.Response) -> str:
     )
 
 
+def _wrapped(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every error it wraps, outermost first.
+
+    requests keeps urllib3's error in ``args``, urllib3's MaxRetryError its cause in ``reason``
+    and its ProxyError in ``original_error``; ``raise ... from`` sets ``__cause__``. The implicit
+    ``__context__`` is not followed: it may be an unrelated error handled earlier.
+    """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        error = pending.pop(0)
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        inner = [
+            *error.args,
+            getattr(error, "reason", None),
+            getattr(error, "original_error", None),
+        ]
+        pending.extend(e for e in inner if isinstance(e, BaseException))
+        if error.__cause__ is not None:
+            pending.append(error.__cause__)
+
+
 def _may_have_landed(exc: requests.RequestException) -> bool:
-    """False only when the request surely never reached Spark (no connection was made)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return False
-    if isinstance(exc, requests.ConnectionError):
-        text = repr(exc)
-        return not ("NewConnectionError" in text or "Connection refused" in text)
-    return True
+    """False only when the request surely never reached Spark; judged by the errors' types."""
+    return not any(isinstance(error, _NEVER_SENT) for error in _wrapped(exc))
+
+
+def _failure_name(exc: requests.RequestException) -> str:
+    """The error's type, and the innermost urllib3 error's type when it wraps one."""
+    inner = [e for e in _wrapped(exc) if type(e).__module__.startswith("urllib3.")]
+    outer = type(exc).__name__
+    return f"{outer} ({type(inner[-1]).__name__})" if inner else outer
+
+
+def _master_label(rest_base: str) -> str:
+    """host:port of a master's REST server, for messages: never a URL's user or password."""
+    parts = urlsplit(rest_base)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 def _retryable(idempotent: bool) -> Any:
@@ -159,7 +259,12 @@ class Backoff:
 
 
 class SparkClient:
-    """One cluster's REST API; every call has a timeout and retries transient failures briefly."""
+    """One cluster's REST API; every call has a timeout and retries transient failures briefly.
+
+    With several masters, a call goes to the one that last answered as ALIVE first, and moves on
+    to the next when a master surely did not get it or answered that it is not ALIVE. A create
+    that may have landed is never sent to another master: it could make a second driver.
+    """
 
     def __init__(
         self,
@@ -176,8 +281,11 @@ class SparkClient:
         self.client_version = client_version
         self.attempts = attempts
         self.backoff = Backoff(name)
+        self.masters = cluster.rest_bases
+        self._alive = 0  # index of the master that last answered as ALIVE
+        self._alive_lock = threading.Lock()
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        adapter = HTTPAdapter(pool_connections=len(self.masters), pool_maxsize=pool_size)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
@@ -201,9 +309,9 @@ class SparkClient:
                 reraise=True,
             ):
                 with attempt:
-                    payload = self._call_once(method, path, body)
+                    payload = self._ask_masters(method, path, body, idempotent)
         except SparkUnavailable:
-            self.backoff.failed()
+            self.backoff.failed()  # no master was usable
             raise
         except SparkRejected:
             self.backoff.succeeded()  # it answered
@@ -211,34 +319,87 @@ class SparkClient:
         self.backoff.succeeded()
         return payload
 
-    def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        url = f"{self.cluster.rest_base}/v1/submissions/{path}"
+    def _ask_masters(
+        self, method: str, path: str, body: dict[str, Any] | None, idempotent: bool
+    ) -> dict[str, Any]:
+        """The answer of the first master that answers as ALIVE, from the last one that did.
+
+        Raises SparkRejected as soon as a master refuses the call, and SparkUnavailable when no
+        master is usable, or at once when a non-idempotent call may have landed.
+        """
+        with self._alive_lock:
+            first = self._alive
+        failures: list[str] = []
+        maybe_applied = False
+        for step in range(len(self.masters)):
+            index = (first + step) % len(self.masters)
+            try:
+                payload = self._call_once(self.masters[index], method, path, body)
+            except SparkUnavailable as exc:
+                if exc.maybe_applied and not idempotent:
+                    raise
+                failures.append(exc.message)
+                maybe_applied = maybe_applied or exc.maybe_applied
+                continue
+            state = master_not_alive(payload)
+            if state is not None:
+                failures.append(self._not_alive(self.masters[index], state))
+                continue
+            self._remember(index)
+            return payload
+        if len(failures) == 1:
+            raise SparkUnavailable(failures[0], maybe_applied=maybe_applied)
+        raise SparkUnavailable(
+            f"no ALIVE master in Spark cluster {self.name!r}: {'; '.join(failures)}",
+            maybe_applied=maybe_applied,
+        )
+
+    def _remember(self, index: int) -> None:
+        with self._alive_lock:
+            changed, self._alive = self._alive != index, index
+        if changed:
+            logger.warning(
+                "Spark cluster %s: master %s answers as ALIVE; asking it first from now on",
+                self.name,
+                _master_label(self.masters[index]),
+            )
+
+    def _where(self, rest_base: str) -> str:
+        if len(self.masters) == 1:
+            return f"Spark cluster {self.name!r}"
+        return f"Spark master {_master_label(rest_base)} of cluster {self.name!r}"
+
+    def _not_alive(self, rest_base: str, state: str) -> str:
+        if len(self.masters) == 1:
+            return f"the master of Spark cluster {self.name!r} is {state}, not ALIVE"
+        return f"{self._where(rest_base)} is {state}, not ALIVE"
+
+    def _call_once(
+        self, rest_base: str, method: str, path: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        url = f"{rest_base}/v1/submissions/{path}"
+        where = self._where(rest_base)
         try:
             response = self._session.request(
                 method, url, json=body, headers=self._headers(), timeout=self.timeout_s
             )
         except requests.RequestException as exc:
             raise SparkUnavailable(
-                f"Spark cluster {self.name!r} unreachable: {type(exc).__name__}",
+                f"{where} unreachable: {_failure_name(exc)}",
                 maybe_applied=_may_have_landed(exc),
             ) from exc
         if response.status_code >= 500:
             raise SparkUnavailable(
-                f"Spark cluster {self.name!r} answered HTTP {response.status_code}",
-                maybe_applied=True,
+                f"{where} answered HTTP {response.status_code}", maybe_applied=True
             )
         if response.status_code != 200:
             raise SparkRejected(_rejection_reason(response), response.status_code)
         try:
             payload = response.json()
         except ValueError as exc:
-            raise SparkUnavailable(
-                f"Spark cluster {self.name!r} answered with non-JSON", maybe_applied=True
-            ) from exc
+            raise SparkUnavailable(f"{where} answered with non-JSON", maybe_applied=True) from exc
         if not isinstance(payload, dict):
-            raise SparkUnavailable(
-                f"Spark cluster {self.name!r} answered oddly", maybe_applied=True
-            )
+            raise SparkUnavailable(f"{where} answered oddly", maybe_applied=True)
         return payload
 
     def create(self, spec: JobSpec, request_id: str) -> str:

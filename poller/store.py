@@ -3,35 +3,37 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from poller.errors import RequestConflict, StoreUnavailable
+from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
 from poller.models import Base, RequestRow
 from poller.schemas import DriverState, JobRecord, Phase, event_id_for
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 ACTIVE_PHASES = (Phase.POLLING.value, Phase.CANCELLING.value, Phase.PUBLISHING.value)
 ASKING_SPARK = (Phase.POLLING.value, Phase.CANCELLING.value)
+# A conflicting row that vanishes before we can name it (it just ended) earns another try.
+CONFLICT_ATTEMPTS = 3
+# Writes below must not make the ORM read rows first: that read would sit outside the
+# transaction on SQLite (pysqlite begins one only at the first write).
+NO_PRE_READ = {"synchronize_session": False}
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _translate_db_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -41,6 +43,8 @@ def _translate_db_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
+        except PoolTimeout as exc:
+            raise StoreUnavailable("database unavailable: no connection free in time") from exc
         except OperationalError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
         except DBAPIError as exc:
@@ -53,8 +57,6 @@ def _translate_db_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 def _record(row: RequestRow) -> JobRecord:
     published = row.published_at is not None
-    submitted_at = _as_utc(row.submitted_at)
-    assert submitted_at is not None
     return JobRecord(
         request_id=row.request_id,
         cluster=row.cluster,
@@ -66,12 +68,40 @@ def _record(row: RequestRow) -> JobRecord:
         labels=dict(row.labels or {}),
         polls=row.polls,
         unknown_polls=row.unknown_polls,
-        cancel_requested_at=_as_utc(row.cancel_requested_at),
-        submitted_at=submitted_at,
-        last_polled_at=_as_utc(row.last_polled_at),
-        completed_at=_as_utc(row.completed_at),
+        cancel_requested_at=row.cancel_requested_at,
+        submitted_at=row.submitted_at,
+        last_polled_at=row.last_polled_at,
+        completed_at=row.completed_at,
         event_id=row.event_id if published else None,
     )
+
+
+def _tracking() -> Any:
+    """Rows that still track their driver (what the unique index covers)."""
+    return RequestRow.submission_id.is_not(None) & (RequestRow.phase != Phase.DONE.value)
+
+
+def _tracker(
+    session: Session, cluster: str, submission_id: str, other_than: str
+) -> RequestRow | None:
+    query = select(RequestRow).where(
+        _tracking(),
+        RequestRow.cluster == cluster,
+        RequestRow.submission_id == submission_id,
+        RequestRow.request_id != other_than,
+    )
+    return session.scalars(query.limit(1)).first()
+
+
+def _taken(tracker: RequestRow) -> str:
+    return (
+        f"driver {tracker.submission_id!r} on cluster {tracker.cluster!r} is already tracked by "
+        f"request {tracker.request_id!r} ({tracker.state}, {tracker.phase})"
+    )
+
+
+def _rowcount(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 class RequestStore:
@@ -83,7 +113,42 @@ class RequestStore:
 
     @_translate_db_errors
     def create_schema(self) -> None:
+        """Create missing tables, and the indexes a database made by an older version lacks."""
         Base.metadata.create_all(self.engine)
+        table = Base.metadata.tables[RequestRow.__tablename__]
+        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+            try:
+                with self.engine.begin() as conn:
+                    index.create(conn, checkfirst=True)
+            except IntegrityError:
+                self._report_shared_drivers()
+
+    def _report_shared_drivers(self) -> None:
+        """An older version let several requests track one driver; say which, and carry on."""
+        shared = (
+            select(RequestRow.cluster, RequestRow.submission_id)
+            .where(_tracking())
+            .group_by(RequestRow.cluster, RequestRow.submission_id)
+            .having(func.count() > 1)
+        )
+        with self._sessions() as session:
+            for cluster, submission_id in session.execute(shared):
+                ids = session.scalars(
+                    select(RequestRow.request_id).where(
+                        _tracking(),
+                        RequestRow.cluster == cluster,
+                        RequestRow.submission_id == submission_id,
+                    )
+                ).all()
+                logger.error(
+                    "requests %s all track driver %s on %s: each will publish its own event; "
+                    "one driver per request is enforced once all but one are done "
+                    "(DELETE the others, without kill)",
+                    ", ".join(sorted(ids)),
+                    submission_id,
+                    cluster,
+                    extra={"submission_id": submission_id, "cluster": cluster},
+                )
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -103,32 +168,54 @@ class RequestStore:
         labels: dict[str, str],
         submission_id: str | None = None,
     ) -> JobRecord:
-        """Record a new request in phase SUBMITTING; raises RequestConflict if the id is taken."""
-        row = RequestRow(
-            request_id=request_id,
-            cluster=cluster,
-            submission_id=submission_id,
-            phase=Phase.SUBMITTING.value,
-            state=DriverState.SUBMITTING.value,
-            labels=labels,
-            polls=0,
-            unknown_polls=0,
-            submitted_at=utcnow(),
-        )
-        try:
-            with self._tx() as session:
-                session.add(row)
-        except IntegrityError as exc:
-            raise RequestConflict(f"request_id {request_id!r} already exists") from exc
-        return _record(row)
+        """Record a new request in phase SUBMITTING.
+
+        Raises RequestConflict if ``request_id`` is taken, or DriverTaken (naming the request)
+        if ``submission_id`` is a driver that a request not yet done tracks on ``cluster``; the
+        database decides, so two concurrent adoptions of one driver cannot both win.
+        """
+        for _ in range(CONFLICT_ATTEMPTS):
+            row = RequestRow(
+                request_id=request_id,
+                cluster=cluster,
+                submission_id=submission_id,
+                phase=Phase.SUBMITTING.value,
+                state=DriverState.SUBMITTING.value,
+                labels=labels,
+                polls=0,
+                unknown_polls=0,
+                submitted_at=utcnow(),
+            )
+            try:
+                with self._tx() as session:
+                    session.add(row)
+                return _record(row)
+            except IntegrityError as exc:
+                with self._sessions() as session:
+                    # Both taken (a client retrying its adoption): the request_id is the answer.
+                    if session.get(RequestRow, request_id) is not None:
+                        raise RequestConflict(f"request_id {request_id!r} already exists") from exc
+                    if submission_id is not None:
+                        tracker = _tracker(session, cluster, submission_id, request_id)
+                        if tracker is not None:
+                            raise DriverTaken(_taken(tracker), tracker.request_id) from exc
+        raise RequestConflict(f"request {request_id!r} kept conflicting with changing requests")
 
     @_translate_db_errors
     def delete_submitting(self, request_id: str) -> None:
-        """Forget a request whose submission Spark refused (nothing else references it)."""
+        """Forget a request whose submission Spark refused (nothing else references it).
+
+        A request that recovery has resolved meanwhile is left alone: it has an event to publish.
+        """
         with self._tx() as session:
-            row = session.get(RequestRow, request_id)
-            if row is not None and row.phase == Phase.SUBMITTING.value:
-                session.delete(row)
+            session.execute(
+                delete(RequestRow)
+                .where(
+                    RequestRow.request_id == request_id,
+                    RequestRow.phase == Phase.SUBMITTING.value,
+                )
+                .execution_options(**NO_PRE_READ)
+            )
 
     @_translate_db_errors
     def mark_submitted(
@@ -136,15 +223,67 @@ class RequestStore:
     ) -> JobRecord | None:
         """Spark accepted (or we adopted) the driver: from here on the poll job owns the request.
 
-        None if the request is no longer SUBMITTING (recovery already resolved it)."""
+        One conditional UPDATE, so it cannot overwrite a request that recovery resolved a moment
+        earlier: None if the request is no longer SUBMITTING.
+
+        Raises DriverTaken if another request began tracking this driver first: someone adopted
+        the driver Spark just made for us before we recorded it. Our request is then withdrawn
+        (deleted, as if never made) so the driver keeps exactly one request and one event; the
+        error names the request that tracks it.
+        """
+        for _ in range(CONFLICT_ATTEMPTS):
+            try:
+                with self._tx() as session:
+                    moved = session.execute(
+                        update(RequestRow)
+                        .where(
+                            RequestRow.request_id == request_id,
+                            RequestRow.phase == Phase.SUBMITTING.value,
+                        )
+                        .values(
+                            submission_id=submission_id,
+                            phase=Phase.POLLING.value,
+                            state=state.value,
+                        )
+                        .execution_options(**NO_PRE_READ)
+                    )
+                    if not _rowcount(moved):
+                        return None
+                    row = session.get(RequestRow, request_id)
+                    assert row is not None
+                    return _record(row)
+            except IntegrityError as exc:
+                taken = self._withdraw(request_id, submission_id)
+                if taken is not None:
+                    raise taken from exc
+        raise RequestConflict(f"driver {submission_id!r} kept conflicting with changing requests")
+
+    def _withdraw(self, request_id: str, submission_id: str) -> DriverTaken | None:
+        """Drop our SUBMITTING request if another one tracks ``submission_id``; say which.
+
+        None when there is nothing to withdraw: the other request ended, or ours moved on.
+        """
         with self._tx() as session:
-            row = session.get(RequestRow, request_id, with_for_update=True)
-            if row is None or row.phase != Phase.SUBMITTING.value:
+            ours = session.get(RequestRow, request_id)
+            if ours is None:
                 return None
-            row.submission_id = submission_id
-            row.phase = Phase.POLLING.value
-            row.state = state.value
-            return _record(row)
+            tracker = _tracker(session, ours.cluster, submission_id, request_id)
+            if tracker is None:
+                return None  # it ended in between: try to record ours again
+            message = (
+                f"Spark created driver {submission_id!r} for request {request_id!r}, but "
+                f"{_taken(tracker)}; request {request_id!r} was withdrawn"
+            )
+            dropped = session.execute(
+                delete(RequestRow)
+                .where(
+                    RequestRow.request_id == request_id,
+                    RequestRow.phase == Phase.SUBMITTING.value,
+                )
+                .execution_options(**NO_PRE_READ)
+            )
+            # Not dropped: recovery resolved ours meanwhile, and the retried UPDATE will say so.
+            return DriverTaken(message, tracker.request_id) if _rowcount(dropped) else None
 
     @_translate_db_errors
     def resolve_submitting(self, request_id: str, final_state: DriverState, message: str) -> bool:
@@ -215,7 +354,7 @@ class RequestStore:
                 .where(RequestRow.request_id == request_id, RequestRow.phase == Phase.POLLING.value)
                 .values(phase=Phase.CANCELLING.value, cancel_requested_at=utcnow(), message=message)
             )
-            return bool(getattr(result, "rowcount", 0))
+            return bool(_rowcount(result))
 
     @_translate_db_errors
     def complete(self, request_id: str, final_state: DriverState, message: str | None) -> bool:
@@ -243,7 +382,7 @@ class RequestStore:
                 .where(RequestRow.request_id == request_id, RequestRow.phase.in_(phases))
                 .values(**values)
             )
-            return bool(getattr(result, "rowcount", 0))
+            return bool(_rowcount(result))
 
     @_translate_db_errors
     def mark_published(self, request_id: str) -> None:
@@ -263,3 +402,15 @@ class RequestStore:
         with self._sessions() as session:
             query = select(RequestRow.request_id).where(RequestRow.phase.in_(ACTIVE_PHASES))
             return set(session.scalars(query))
+
+    @_translate_db_errors
+    def asking_spark_outside(self, clusters: Iterable[str]) -> dict[str, list[str]]:
+        """Requests still waiting on a driver of a cluster not in ``clusters``, by cluster."""
+        query = select(RequestRow.cluster, RequestRow.request_id).where(
+            RequestRow.phase.in_(ASKING_SPARK), RequestRow.cluster.not_in(list(clusters))
+        )
+        found: dict[str, list[str]] = {}
+        with self._sessions() as session:
+            for cluster, request_id in session.execute(query):
+                found.setdefault(cluster, []).append(request_id)
+        return found

@@ -200,10 +200,17 @@ class DelayingProxy:
         self.slow_path = slow_path
         self.delay_s = delay_s
         self.port = free_port()
+        self.lock = threading.Lock()
+        self.arrived = 0  # calls to the slow path so far
+        self.holding = 0  # of which still unanswered
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _forward(self) -> None:
+                if proxy.slow_path in self.path:
+                    with proxy.lock:
+                        proxy.arrived += 1
+                        proxy.holding += 1
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {
@@ -216,6 +223,8 @@ class DelayingProxy:
                 )
                 if proxy.slow_path in self.path:
                     time.sleep(proxy.delay_s)
+                    with proxy.lock:
+                        proxy.holding -= 1
                 self.send_response(answer.status_code)
                 self.send_header("content-type", answer.headers.get("content-type", "text/plain"))
                 self.send_header("content-length", str(len(answer.content)))
@@ -234,6 +243,139 @@ class DelayingProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Spark's own words (Master.scala, Utils.BACKUP_STANDALONE_MASTER_PREFIX) when it is not ALIVE.
+NOT_ALIVE_PREFIX = "Current state is not alive"
+NOT_ALIVE_REASONS = {
+    "create": "Can only accept driver submissions in ALIVE state.",
+    "kill": "Can only kill drivers in ALIVE state.",
+    "status": "Can only request driver status in ALIVE state.",
+}
+
+
+class NotAliveProxy:
+    """A loopback HTTP proxy to a real Spark REST server that, while ``state`` is set, answers
+    like a master in that recovery state (STANDBY, RECOVERING): HTTP 200, ``success: false`` and
+    Spark's not-alive message, in the JSON shape Spark uses for each action.
+
+    A status call is forwarded and the real answer rewritten; create and kill are never
+    forwarded while the switch is on, as a standby master never acts on them. ``seen`` counts the
+    calls per action (create, status, kill, readyz) and ``not_alive`` the ones answered as not
+    alive, by this proxy or by the real master behind it (one that is really recovering).
+    """
+
+    def __init__(self, target: str, state: str | None = None) -> None:
+        self.target = target.rstrip("/")
+        self.state = state
+        self.port = free_port()
+        self.seen: dict[str, int] = {}
+        self.not_alive: dict[str, int] = {}
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else None
+                action, _, submission_id = self.path.removeprefix("/v1/submissions/").partition("/")
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in {"host", "content-length"}
+                }
+                state = proxy.state
+                try:
+                    if state is not None and action in NOT_ALIVE_REASONS:
+                        content = proxy.not_alive_answer(action, submission_id, state, headers)
+                        status, content_type = 200, "application/json;charset=utf-8"
+                    else:
+                        real = requests.request(
+                            self.command,
+                            proxy.target + self.path,
+                            data=body,
+                            headers=headers,
+                            timeout=30,
+                        )
+                        status, content = real.status_code, real.content
+                        content_type = real.headers.get("content-type", "text/plain")
+                except requests.ConnectionError:
+                    self.close_connection = True  # the master is down: so is its proxy
+                    return
+                proxy.count(action, NOT_ALIVE_PREFIX.encode() in content)
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self, action: str, not_alive: bool) -> None:
+        """Count one answered call, and whether it said the master is not alive."""
+        with self._lock:
+            self.seen[action] = self.seen.get(action, 0) + 1
+            if not_alive:
+                self.not_alive[action] = self.not_alive.get(action, 0) + 1
+
+    def not_alive_answer(
+        self, action: str, submission_id: str, state: str, headers: dict[str, str]
+    ) -> bytes:
+        """What a master in ``state`` answers to ``action``, from its real answer where safe."""
+        text = f"{NOT_ALIVE_PREFIX}: {state}. {NOT_ALIVE_REASONS[action]}"
+        if action == "status":
+            # StandaloneStatusRequestServlet: found=false plus the master's exception.
+            real = requests.get(
+                f"{self.target}/v1/submissions/status/{submission_id}", headers=headers, timeout=30
+            )
+            payload: dict[str, Any] = real.json()
+            for key in ("driverState", "workerId", "workerHostPort"):
+                payload.pop(key, None)
+            trace = (
+                "\torg.apache.spark.deploy.master.Master$$anonfun$receiveAndReply$1"
+                ".applyOrElse(Master.scala:494)"
+            )
+            payload.update(
+                success=False,
+                message=f"Exception from the cluster:\njava.lang.Exception: {text}\n{trace}",
+            )
+        elif action == "kill":
+            payload = {
+                "action": "KillSubmissionResponse",
+                "message": text,
+                "serverSparkVersion": self._server_version(headers),
+                "submissionId": submission_id,
+                "success": False,
+            }
+        else:
+            payload = {
+                "action": "CreateSubmissionResponse",
+                "message": text,
+                "serverSparkVersion": self._server_version(headers),
+                "success": False,
+            }
+        return json.dumps(payload, indent=2, sort_keys=True).encode()
+
+    def _server_version(self, headers: dict[str, str]) -> str:
+        answer = requests.get(
+            f"{self.target}/v1/submissions/readyz", headers=headers, timeout=30
+        ).json()
+        return str(answer.get("serverSparkVersion", ""))
 
     def close(self) -> None:
         self.server.shutdown()

@@ -10,6 +10,9 @@ from poller.devstack import SparkStandalone
 from tests.conftest import JobBody, ServiceFactory
 from tests.support import ServiceProcess, driver_ids, poll_job_ids
 
+# Has Spark's driver-id shape; the cluster does not know it.
+ADOPTABLE = "driver-20000101000000-9999"
+
 
 @pytest.fixture
 def svc(start_service: ServiceFactory) -> ServiceProcess:
@@ -29,10 +32,15 @@ def _bad_bodies(job: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str
         ("unknown field", {"json": {"job": job, "colour": "red"}}, 422, "colour"),
         ("unknown job field", {"json": {"job": {**job, "mainClass": "x"}}}, 422, "mainClass"),
         ("neither", {"json": {"labels": {}}}, 422, "exactly one of"),
-        ("both", {"json": {"job": job, "submission_id": "driver-1"}}, 422, "exactly one of"),
+        ("both", {"json": {"job": job, "submission_id": ADOPTABLE}}, 422, "exactly one of"),
         ("bad request_id", {"json": {"request_id": "a b/c", "job": job}}, 422, "request_id"),
         ("long request_id", {"json": {"request_id": "x" * 129, "job": job}}, 422, "request_id"),
+        ("dot request_id", {"json": {"request_id": ".", "job": job}}, 422, "request_id"),
+        ("dot-dot request_id", {"json": {"request_id": "..", "job": job}}, 422, "request_id"),
         ("bad submission_id", {"json": {"submission_id": "../x"}}, 422, "submission_id"),
+        ("dot submission_id", {"json": {"submission_id": "."}}, 422, "submission_id"),
+        ("dot-dot submission_id", {"json": {"submission_id": ".."}}, 422, "submission_id"),
+        ("not a driver id", {"json": {"submission_id": "driver-1"}}, 422, "submission_id"),
         ("unknown cluster", {"json": {"cluster": "nowhere", "job": job}}, 422, "unknown cluster"),
         (
             "jar without main_class",
@@ -74,7 +82,7 @@ def _bad_bodies(job: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str
         ),
         (
             "unknown driver to adopt",
-            {"json": {"submission_id": "driver-20000101000000-9999"}},
+            {"json": {"submission_id": ADOPTABLE}},
             422,
             "no driver",
         ),
@@ -120,6 +128,9 @@ def test_duplicate_request_id_is_409_without_a_second_submission(
     [
         ("get", "/jobs/bad%20id", 422),
         ("delete", "/jobs/bad%20id", 422),
+        ("get", "/jobs/%2E", 422),
+        ("get", "/jobs/%2E%2E", 422),
+        ("delete", "/jobs/%2E%2E", 422),
         ("get", "/jobs?limit=0", 422),
         ("get", "/jobs?state=SLEEPING", 422),
         ("get", "/jobs/unknown", 404),

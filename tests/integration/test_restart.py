@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from poller.db import create_db_engine
 from poller.devstack import SparkStandalone, wait_for
 from poller.scheduler import PollScheduler
+from poller.schemas import DriverState
 from poller.service import JOB_FUNC
+from poller.store import RequestStore
 from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader, ServiceProcess, driver_state, poll_job_ids
+
+OVERDUE_REQUESTS = 20
 
 
 def _submit_mix(svc: ServiceProcess, job_body: JobBody, prefix: str, count: int) -> dict[str, str]:
@@ -126,3 +133,69 @@ def test_startup_recreates_lost_jobs_and_drops_orphans(
     assert event.value["state"] == "FINISHED"
     assert "re-created 1 missing (lost-job), removed 1 orphan(s) (ghost)" in svc.logs()
     wait_for(lambda: poll_job_ids(database_url) == set(), 30, "poll jobs to be removed")
+
+
+def test_a_month_of_downtime_does_not_stall_start_up(
+    start_service: ServiceFactory, database_url: str
+) -> None:
+    """APScheduler 3 lists every missed run of an overdue job: 2.6 million per job for 30 days at
+    1 s, under its job-store lock (about 2.5 s of CPU each here)."""
+    engine = create_db_engine(database_url)
+    store = RequestStore(engine)
+    store.create_schema()
+    jobs = PollScheduler(engine, JOB_FUNC, 1.0, 1)
+    jobs.start()
+    month_ago = datetime.now(UTC) - timedelta(days=30)
+    request_ids = [f"overdue-{i}" for i in range(OVERDUE_REQUESTS)]
+    for i, request_id in enumerate(request_ids):
+        store.insert(request_id, "default", {})
+        # Drivers this master never had: each poll just counts an unknown answer.
+        store.mark_submitted(request_id, f"driver-20200101000000-{i:04d}", DriverState.RUNNING)
+        jobs.add(request_id, first_run_at=month_ago)
+    jobs.shutdown()
+    engine.dispose()
+
+    started = time.monotonic()
+    svc = start_service(POLLER_DATABASE_URL=database_url, POLLER_LOST_AFTER_UNKNOWN_POLLS="1000")
+    wait_for(
+        lambda: all(svc.job(r)["polls"] > 0 for r in request_ids),
+        60,
+        "every overdue request to be polled",
+        describe=lambda: str({r: svc.job(r)["polls"] for r in request_ids}),
+    )
+    took = time.monotonic() - started
+    print(f"30 days down, {OVERDUE_REQUESTS} overdue polls: all polled {took:.1f}s after start")
+    assert took < 15, f"start-up stalled for {took:.0f}s"
+    ready = svc.get("/readyz")
+    assert ready.status_code == 200, ready.text
+
+
+def test_a_cluster_removed_from_the_configuration(
+    start_service: ServiceFactory, spark: SparkStandalone, job_body: JobBody, events: EventReader
+) -> None:
+    """Its requests are never polled against nothing: the start refuses, naming the cluster,
+    until the operator either configures it again or retires it (its requests then end LOST)."""
+    lab = json.dumps({"lab": {"rest_url": spark.rest_url, "master_url": spark.master_url}})
+    svc = start_service(POLLER_CLUSTERS=lab)
+    answer = svc.post(
+        "/submit", json={"request_id": "on-lab", "cluster": "lab", "job": job_body(seconds=120)}
+    )
+    assert answer.status_code == 202, answer.text
+    assert svc.terminate() == 0
+
+    with contextlib.suppress(RuntimeError):  # it may die before or after answering /healthz
+        svc = start_service()
+    wait_for(lambda: not svc.running(), 30, "the start to be refused")
+    assert svc.proc is not None
+    assert svc.proc.returncode != 0
+    assert "no longer configured: 'lab' (1)" in svc.logs()
+    assert "POLLER_RETIRED_CLUSTERS" in svc.logs()
+    assert "on-lab" not in {e.key for e in events.drain()}
+
+    svc = start_service(POLLER_RETIRED_CLUSTERS="lab")
+    [event] = events.wait_for_keys({"on-lab"})["on-lab"]
+    assert event.value["state"] == "LOST"
+    assert "'lab' was retired" in event.value["message"]
+    requests.post(
+        f"{spark.rest_url}/v1/submissions/kill/{answer.json()['submission_id']}", timeout=10
+    )

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import requests
 
-from poller.devstack import SparkStandalone, wait_for
+from poller.devstack import Postgres, SparkStandalone, wait_for
 from tests.conftest import JobBody, ServiceFactory
-from tests.support import DelayingProxy, EventReader, ServiceProcess, driver_ids
+from tests.support import DelayingProxy, EventReader, ServiceProcess, driver_ids, driver_state
 
 
 @pytest.fixture
@@ -77,3 +77,34 @@ def test_create_that_times_out_is_not_retried(
     assert event.value["state"] == "SUBMIT_UNKNOWN"
     assert len(driver_ids(spark) - drivers_before) == 1, "the create call was repeated"
     assert svc.job("timed-out")["state"] == "SUBMIT_UNKNOWN"
+
+
+def test_database_lost_while_spark_creates_the_driver(
+    start_service: ServiceFactory,
+    slow_create: DelayingProxy,
+    own_postgres: Postgres,
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    """Spark made the driver but the database went away before it was recorded: the service
+    keeps the driver's id and records it when the database is back; the event is the driver's."""
+    svc = start_service(POLLER_SPARK_REST_URL=slow_create.url, POLLER_DATABASE_URL=own_postgres.url)
+    answers: list[requests.Response] = []
+
+    def submit() -> None:
+        answers.append(svc.post("/submit", json={"request_id": "db-gone", "job": job_body()}))
+
+    caller = threading.Thread(target=submit)
+    caller.start()
+    wait_for(lambda: slow_create.holding == 1, 30, "Spark to be creating the driver")
+    own_postgres.stop_server()
+    caller.join(timeout=60)
+    [answer] = answers
+    assert answer.status_code == 202, answer.text
+    submission_id = answer.json()["submission_id"]
+    own_postgres.start()
+    [event] = events.wait_for_keys({"db-gone"})["db-gone"]
+    assert event.value["state"] == "FINISHED", event.value
+    assert event.value["submission_id"] == submission_id
+    assert driver_state(spark, submission_id) == "FINISHED"

@@ -21,4 +21,7 @@ def test_every_error_has_a_status() -> None:
             assert status_for(kind("no", 400)) == 422
             assert status_for(kind("no", 403)) == 502
             continue
+        if kind is errors.DriverTaken:
+            assert status_for(kind("taken", "other-request")) == 409
+            continue
         assert 400 <= status_for(kind("x")) < 500 or status_for(kind("x")) in (502, 503, 504), kind

@@ -11,13 +11,14 @@ from pydantic import ValidationError
 from poller.schemas import SubmitRequest, event_id_for, event_json_schema
 
 SCHEMA_FILE = Path(__file__).parents[2] / "poller" / "event.schema.json"
+DRIVER = "driver-20261125101500-0003"
 
 
 def test_exactly_one_of_job_or_submission_id() -> None:
     job = {"app_resource": "file:/a.py"}
     SubmitRequest.model_validate({"job": job})
-    SubmitRequest.model_validate({"submission_id": "driver-1"})
-    for body in ({}, {"job": job, "submission_id": "driver-1"}):
+    SubmitRequest.model_validate({"submission_id": DRIVER})
+    for body in ({}, {"job": job, "submission_id": DRIVER}):
         with pytest.raises(ValidationError, match="exactly one of"):
             SubmitRequest.model_validate(body)
 
@@ -25,7 +26,7 @@ def test_exactly_one_of_job_or_submission_id() -> None:
 @pytest.mark.parametrize("request_id", ["", "a b", "a/b", "é", "x" * 129])
 def test_request_id_charset(request_id: str) -> None:
     with pytest.raises(ValidationError):
-        SubmitRequest.model_validate({"request_id": request_id, "submission_id": "d"})
+        SubmitRequest.model_validate({"request_id": request_id, "submission_id": DRIVER})
 
 
 def test_event_id_is_stable_per_request() -> None:

@@ -1,0 +1,350 @@
+"""The use cases: submit or adopt, look up, list, cancel; and the repairs of interrupted submits."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from poller import admission
+from poller.config import Settings
+from poller.errors import (
+    DriverTaken,
+    InvalidRequest,
+    RequestConflict,
+    RequestNotFound,
+    SparkError,
+    SparkUnavailable,
+    StoreUnavailable,
+    SubmissionUnknown,
+    UnknownCluster,
+)
+from poller.outbox import Outbox
+from poller.polling import Poller
+from poller.scheduler import PollScheduler
+from poller.schemas import (
+    DriverState,
+    JobPage,
+    JobRecord,
+    JobSpec,
+    Phase,
+    SubmitRequest,
+    SubmitResponse,
+)
+from poller.spark import SparkClient
+from poller.store import RequestStore
+
+logger = logging.getLogger(__name__)
+
+KILL_CONFIRM_INLINE_S = 3.0
+KILL_CONFIRM_STEP_S = 0.2
+CANCEL_PUBLISH_WAIT_S = 3.0
+
+
+class Jobs:
+    """What callers ask of the service, on the parts the composition root built."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RequestStore,
+        clusters: Mapping[str, SparkClient],
+        scheduler: PollScheduler,
+        poller: Poller,
+        outbox: Outbox,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clusters = clusters
+        self.scheduler = scheduler
+        self.poller = poller
+        self.outbox = outbox
+        # Submits' last writes that met a database outage, retried by the watchdog.
+        self._pending_lock = threading.Lock()
+        self._to_record: dict[str, tuple[str, DriverState]] = {}
+        self._to_forget: set[str] = set()
+
+    @property
+    def pending_writes(self) -> bool:
+        return bool(self._to_record or self._to_forget)
+
+    def submit(self, request: SubmitRequest) -> SubmitResponse:
+        """Submit (or adopt) a driver and register its poll job. Nothing stays behind on failure."""
+        client = self._client(request.cluster)
+        if request.job is not None:
+            self._check_allowed(request.job)
+        request_id = request.request_id or str(uuid.uuid4())
+        self._insert(request_id, request)
+        try:
+            if request.job is not None:
+                submission_id = client.create(request.job, request_id)
+                state = DriverState.SUBMITTED
+            else:
+                assert request.submission_id is not None
+                submission_id = request.submission_id
+                status = client.status(submission_id)
+                if not status.found or status.state is None:
+                    raise InvalidRequest(
+                        f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"
+                    )
+                state = status.state
+        except SparkUnavailable as exc:
+            if request.job is not None and exc.maybe_applied:
+                self._give_up_submission(
+                    request_id, f"Spark did not answer the submission: {exc.message}"
+                )
+            self._forget(request_id)
+            raise
+        except (SparkError, InvalidRequest):
+            self._forget(request_id)
+            raise
+        except Exception as exc:
+            # Not one of the client's answers: a create may have been sent, an adoption not.
+            if request.job is not None:
+                self._give_up_submission(
+                    request_id, f"the submission failed unexpectedly ({type(exc).__name__})"
+                )
+            self._forget(request_id)
+            raise
+        self._record_submitted(request_id, submission_id, state)
+        # An adopted driver that already ended is published at once rather than after an interval.
+        try:
+            self.scheduler.add(
+                request_id, first_run_at=datetime.now(UTC) if state.terminal else None
+            )
+        except StoreUnavailable as exc:
+            # The record says "polling", so the periodic reconcile registers the job later.
+            logger.warning(
+                "poll job of %s not registered yet (%s); reconcile will add it",
+                request_id,
+                exc.message,
+                extra={"request_id": request_id},
+            )
+        logger.info(
+            "tracking %s: driver %s on %s (%s)",
+            request_id,
+            submission_id,
+            request.cluster,
+            "adopted" if request.job is None else "submitted",
+            extra={"request_id": request_id, "submission_id": submission_id},
+        )
+        return SubmitResponse(
+            request_id=request_id, submission_id=submission_id, cluster=request.cluster, state=state
+        )
+
+    def _insert(self, request_id: str, request: SubmitRequest) -> None:
+        """Record the request before Spark hears of it; a taken id says what it already is."""
+        try:
+            self.store.insert(
+                request_id, request.cluster, request.labels, submission_id=request.submission_id
+            )
+        except DriverTaken:
+            raise  # one driver, one request: its message names the request tracking the driver
+        except RequestConflict:
+            existing = self.store.get(request_id)
+            if existing is None:
+                raise
+            where = f", driver {existing.submission_id}" if existing.submission_id else ""
+            raise RequestConflict(
+                f"request_id {request_id!r} already exists: {existing.state.value}"
+                f" ({existing.phase.value}{where})"
+            ) from None
+
+    def _client(self, cluster: str) -> SparkClient:
+        try:
+            return self.clusters[cluster]
+        except KeyError:
+            known = ", ".join(sorted(self.clusters))
+            raise UnknownCluster(f"unknown cluster {cluster!r}; known: {known}") from None
+
+    def _check_allowed(self, job: JobSpec) -> None:
+        """The operator's admission policy, before anything is recorded or submitted."""
+        admission.admit(job, self.settings)
+
+    def _give_up_submission(self, request_id: str, why: str) -> None:
+        """Spark may have taken the submission: never resubmit, publish SUBMIT_UNKNOWN instead."""
+        message = (
+            f"{why}; whether Spark created the driver is unknown, so it was not submitted again"
+        )
+        if self.store.resolve_submitting(request_id, DriverState.SUBMIT_UNKNOWN, message):
+            logger.error(
+                "submission of %s has an unknown outcome: %s",
+                request_id,
+                why,
+                extra={"request_id": request_id},
+            )
+            with contextlib.suppress(StoreUnavailable):
+                self.scheduler.add(request_id, first_run_at=datetime.now(UTC))
+        raise SubmissionUnknown(f"request {request_id!r}: {message}")
+
+    def _forget(self, request_id: str) -> None:
+        """Spark surely has no driver for the request: drop its record, now or once the database
+        answers again (a record left SUBMITTING would end SUBMIT_UNKNOWN)."""
+        try:
+            self.store.delete_submitting(request_id)
+        except StoreUnavailable:
+            with self._pending_lock:
+                self._to_forget.add(request_id)
+
+    def _record_submitted(self, request_id: str, submission_id: str, state: DriverState) -> None:
+        """Spark took the driver: record it, or keep trying until the database answers (the
+        driver is tracked from then on, never guessed at as SUBMIT_UNKNOWN by this process)."""
+        try:
+            recorded = self.store.mark_submitted(request_id, submission_id, state)
+        except StoreUnavailable as exc:
+            with self._pending_lock:
+                self._to_record[request_id] = (submission_id, state)
+            logger.error(
+                "driver %s of %s is made but not yet recorded (%s); retrying",
+                submission_id,
+                request_id,
+                exc.message,
+                extra={"request_id": request_id, "submission_id": submission_id},
+            )
+            return
+        if recorded is None:
+            raise SubmissionUnknown(
+                f"request {request_id!r} was resolved as SUBMIT_UNKNOWN while Spark was answering"
+            )
+
+    def get(self, request_id: str) -> JobRecord:
+        record = self.store.get(request_id)
+        if record is None:
+            raise RequestNotFound(f"no request {request_id!r}")
+        return self._with_next_poll([record])[0]
+
+    def list_jobs(self, state: DriverState | None, limit: int, offset: int) -> JobPage:
+        items, total = self.store.page(state, limit, offset)
+        return JobPage(items=self._with_next_poll(items), total=total, limit=limit, offset=offset)
+
+    def _with_next_poll(self, records: list[JobRecord]) -> list[JobRecord]:
+        active = [r.request_id for r in records if r.phase in (Phase.POLLING, Phase.PUBLISHING)]
+        next_runs = self.scheduler.next_run_times(active)
+        return [
+            r.model_copy(update={"next_poll_at": next_runs[r.request_id]})
+            if r.request_id in next_runs
+            else r
+            for r in records
+        ]
+
+    def cancel(self, request_id: str, kill: bool) -> JobRecord:
+        """Stop polling and publish a CANCELLED event.
+
+        With ``kill`` Spark is asked to kill the driver first, and the event waits for Spark to
+        confirm the driver ended (briefly here, then in the poll job up to a deadline). The
+        returned record is in phase ``done`` only once Kafka has the event.
+        """
+        with self.poller.lock_for(request_id):
+            record = self.store.get(request_id)
+            if record is None:
+                raise RequestNotFound(f"no request {request_id!r}")
+            if record.phase == Phase.SUBMITTING:
+                raise RequestConflict(f"request {request_id!r} is still being submitted")
+            if record.phase == Phase.CANCELLING:
+                raise RequestConflict(f"request {request_id!r} is already being cancelled")
+            if record.phase != Phase.POLLING:
+                raise RequestConflict(
+                    f"request {request_id!r} already ended ({record.state.value})"
+                )
+            if not kill or record.submission_id is None:
+                record = self.poller.complete(
+                    request_id, DriverState.CANCELLED, "cancelled by request"
+                )
+            else:
+                record = self._kill_and_confirm(record)
+        if record.phase == Phase.PUBLISHING and self.outbox.wait_published(
+            request_id, CANCEL_PUBLISH_WAIT_S
+        ):
+            record = self.store.get(request_id) or record
+        logger.info(
+            "cancel of %s: %s (kill=%s)",
+            request_id,
+            record.phase.value,
+            kill,
+            extra={"request_id": request_id},
+        )
+        return self._with_next_poll([record])[0]
+
+    def _kill_and_confirm(self, record: JobRecord) -> JobRecord:
+        assert record.submission_id is not None
+        accepted, spark_message = self._client(record.cluster).kill(record.submission_id)
+        message = f"cancelled by request; kill {'accepted' if accepted else 'refused'} by Spark"
+        if spark_message:
+            message += f": {spark_message}"
+        self.store.mark_cancelling(record.request_id, message)
+        # Spark reports KILLED a fraction of a second after the kill: confirm it here if we can.
+        deadline = time.monotonic() + KILL_CONFIRM_INLINE_S
+        while True:
+            current = self.poller.advance(record.request_id)
+            if current is None or current.phase != Phase.CANCELLING:
+                return current or record
+            if time.monotonic() > deadline:
+                return current
+            time.sleep(KILL_CONFIRM_STEP_S)
+
+    def recover_submissions(self) -> int:
+        """Resolve submissions a dead (or stuck) submit call left in SUBMITTING.
+
+        Only those older than any submit call can last: a younger one may belong to a live
+        process (a standby serves submits too) whose create call Spark is still answering."""
+        grace_s = self.settings.spark_timeout_s * 4 + 30
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
+        recovered = 0
+        with self._pending_lock:
+            ours = self._to_record.keys() | self._to_forget
+        for record in self.store.submitting_since(cutoff):
+            if record.request_id in ours:  # this process knows its outcome and is writing it
+                continue
+            recovered += 1
+            if record.submission_id is not None:  # an adoption: the driver is known, poll it
+                self.store.mark_submitted(
+                    record.request_id, record.submission_id, DriverState.UNKNOWN
+                )
+                continue
+            with contextlib.suppress(SubmissionUnknown):
+                self._give_up_submission(
+                    record.request_id, "the service stopped while submitting to Spark"
+                )
+        if recovered:
+            logger.warning("resolved %d interrupted submission(s)", recovered)
+        return recovered
+
+    def retire(self, stranded: dict[str, list[str]]) -> None:
+        """End the requests of retired clusters: nobody will ask their drivers again."""
+        for cluster, request_ids in stranded.items():
+            for request_id in request_ids:
+                with self.poller.lock_for(request_id):
+                    self.store.complete(
+                        request_id,
+                        DriverState.LOST,
+                        f"cluster {cluster!r} was retired from this service's configuration "
+                        "(POLLER_RETIRED_CLUSTERS); the driver was not followed to its end",
+                    )
+            logger.warning(
+                "retired cluster %r: ended %d request(s) as LOST", cluster, len(request_ids)
+            )
+
+    def retry_pending_writes(self) -> None:
+        """Finish what submits could not write while the database was away."""
+        with self._pending_lock:
+            to_record = dict(self._to_record)
+            to_forget = set(self._to_forget)
+        for request_id, (submission_id, state) in to_record.items():
+            self.store.mark_submitted(request_id, submission_id, state)
+            with self._pending_lock:
+                self._to_record.pop(request_id, None)
+            logger.info(
+                "recorded driver %s of %s",
+                submission_id,
+                request_id,
+                extra={"request_id": request_id, "submission_id": submission_id},
+            )
+            self.scheduler.add(request_id)
+        for request_id in to_forget:
+            self.store.delete_submitting(request_id)
+            with self._pending_lock:
+                self._to_forget.discard(request_id)

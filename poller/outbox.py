@@ -1,0 +1,171 @@
+"""Publishes fixed outcomes (records in phase PUBLISHING) without holding a poll thread.
+
+A poll run that finds its request in PUBLISHING only offers the record here and returns. The event
+is queued on the producer, and the broker's delivery report, not a waiting thread, moves the request
+on: one relay thread marks it done and removes its poll job. A failed or missing report leaves the
+request in PUBLISHING; its next poll run offers it again. So a Kafka outage holds no thread, logs
+one line a minute rather than one per poll, and loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from poller.errors import PollerError, PublishFailed
+from poller.events import EventPublisher
+from poller.schemas import CompletionEvent, JobRecord, event_id_for
+from poller.store import RequestStore
+
+logger = logging.getLogger(__name__)
+
+RELAY_STEP_S = 0.5
+WAITING_REPORT_S = 60.0
+
+RemoveJob = Callable[[str], None]
+
+
+def completion_event(record: JobRecord) -> CompletionEvent:
+    """The request's event, built only from its stored record so every re-publish is identical."""
+    assert record.completed_at is not None
+    return CompletionEvent(
+        event_id=event_id_for(record.request_id),
+        request_id=record.request_id,
+        submission_id=record.submission_id,
+        cluster=record.cluster,
+        state=record.state,
+        spark_state=record.spark_state,
+        message=record.message,
+        submitted_at=record.submitted_at,
+        completed_at=record.completed_at,
+        polls=record.polls,
+        labels=record.labels,
+    )
+
+
+class Outbox:
+    """Sends each offered record's event once at a time and settles it on the broker's report."""
+
+    def __init__(
+        self,
+        store: RequestStore,
+        publisher: EventPublisher,
+        remove_job: RemoveJob,
+        stuck_after_s: float,
+    ) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.remove_job = remove_job
+        self.stuck_after_s = stuck_after_s
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, float] = {}  # request_id -> when it was sent (monotonic)
+        self._delivered: dict[str, threading.Event] = {}
+        self._reports: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._unsettled: set[str] = set()  # delivered, not yet marked done (database down)
+        self._waiting: dict[str, str] = {}  # request_id -> why its last attempt failed
+        self._last_report = float("-inf")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._relay, name="outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, record: JobRecord) -> None:
+        """Send the record's event unless it is already on its way. Never blocks, never raises."""
+        request_id = record.request_id
+        with self._lock:
+            if request_id in self._in_flight or request_id in self._unsettled:
+                return
+            self._in_flight[request_id] = time.monotonic()
+            self._delivered.setdefault(request_id, threading.Event())
+        try:
+            self.publisher.send(
+                completion_event(record), lambda err: self._reports.put((request_id, err))
+            )
+        except PublishFailed as exc:
+            self._failed(request_id, exc.message)
+
+    def wait_published(self, request_id: str, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the event of an offered request to be confirmed."""
+        with self._lock:
+            delivered = self._delivered.get(request_id)
+        return delivered is not None and delivered.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Settle the reports already received (the caller flushed the producer), then stop."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _relay(self) -> None:
+        while True:
+            try:
+                request_id, error = self._reports.get(timeout=RELAY_STEP_S)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                self._housekeeping()
+                continue
+            if error is None:
+                with self._lock:
+                    self._unsettled.add(request_id)
+                    self._in_flight.pop(request_id, None)
+                    self._waiting.pop(request_id, None)
+                self._settle(request_id)
+            else:
+                self._failed(request_id, error)
+
+    def _settle(self, request_id: str) -> None:
+        """Kafka has the event: the request is done and its poll job goes."""
+        try:
+            self.store.mark_published(request_id)
+        except PollerError as exc:
+            logger.warning(
+                "event of %s is out but not yet recorded (%s); retrying",
+                request_id,
+                exc.message,
+                extra={"request_id": request_id},
+            )
+            return
+        with self._lock:
+            self._unsettled.discard(request_id)
+            delivered = self._delivered.pop(request_id, None)
+        if delivered is not None:
+            delivered.set()
+        logger.info("published the event of %s", request_id, extra={"request_id": request_id})
+        try:
+            self.remove_job(request_id)
+        except PollerError as exc:  # the reconcile removes the orphan job later
+            logger.warning("poll job of %s not removed yet: %s", request_id, exc.message)
+
+    def _failed(self, request_id: str, reason: str) -> None:
+        with self._lock:
+            self._in_flight.pop(request_id, None)
+            self._waiting[request_id] = reason
+        logger.debug("event of %s not published: %s", request_id, reason)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            unsettled = list(self._unsettled)
+            stuck = [r for r, at in self._in_flight.items() if now - at > self.stuck_after_s]
+            for request_id in stuck:
+                del self._in_flight[request_id]
+                self._waiting[request_id] = "no delivery report from Kafka"
+            waiting = dict(self._waiting)
+        for request_id in unsettled:
+            self._settle(request_id)
+        if stuck:
+            self.publisher.replace_if_stuck()
+        if waiting and now - self._last_report >= WAITING_REPORT_S:
+            self._last_report = now
+            with self._lock:
+                self._waiting.clear()
+            logger.warning(
+                "%d event(s) waiting for Kafka, retried on their next poll; last reason: %s",
+                len(waiting),
+                next(reversed(waiting.values())),
+            )

@@ -1,0 +1,287 @@
+"""The request store's contract, on SQLite and PostgreSQL alike (real databases, no mocks)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from poller.db import create_db_engine
+from poller.devstack import Postgres
+from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
+from poller.schemas import DriverState, JobRecord, Phase
+from poller.store import RequestStore
+from tests.databases import new_pg_database
+
+DRIVER = "driver-20261125101500-0003"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[RequestStore]:
+    engine = create_db_engine(database_url)
+    store = RequestStore(engine)
+    store.create_schema()
+    yield store
+    engine.dispose()
+
+
+def _tracked(store: RequestStore, request_id: str, driver: str, cluster: str = "default") -> None:
+    """A request polling ``driver``, the way submit leaves it."""
+    store.insert(request_id, cluster, {})
+    assert store.mark_submitted(request_id, driver, DriverState.RUNNING) is not None
+
+
+# -- item 3: one driver, one request -------------------------------------------------------------
+
+
+def test_adopting_a_tracked_driver_names_the_request_tracking_it(store: RequestStore) -> None:
+    _tracked(store, "ours", DRIVER)
+    with pytest.raises(DriverTaken) as taken:
+        store.insert("theirs", "default", {}, submission_id=DRIVER)
+    assert taken.value.tracking_request_id == "ours"
+    assert "'ours'" in taken.value.message
+    assert DRIVER in taken.value.message
+    assert store.get("theirs") is None
+
+    # An adoption in flight (still SUBMITTING) holds its driver too.
+    store.insert("adopter", "default", {}, submission_id="driver-20261125101500-0004")
+    with pytest.raises(DriverTaken, match="'adopter'"):
+        store.insert("second", "default", {}, submission_id="driver-20261125101500-0004")
+
+
+def test_a_taken_request_id_is_told_apart_from_a_taken_driver(store: RequestStore) -> None:
+    _tracked(store, "ours", DRIVER)
+    # Both taken (a client retrying its own adoption): the request_id is what the caller reuses.
+    with pytest.raises(RequestConflict) as conflict:
+        store.insert("ours", "default", {}, submission_id=DRIVER)
+    assert not isinstance(conflict.value, DriverTaken)
+    assert "request_id 'ours' already exists" in conflict.value.message
+
+
+def test_a_driver_is_free_on_another_cluster_and_once_its_request_is_done(
+    store: RequestStore,
+) -> None:
+    _tracked(store, "ours", DRIVER)
+    store.insert("lab", "lab", {}, submission_id=DRIVER)  # another cluster's driver of that name
+    assert store.complete("ours", DriverState.FINISHED, None)
+    with pytest.raises(DriverTaken):  # publishing: its event is not out yet
+        store.insert("late", "default", {}, submission_id=DRIVER)
+    store.mark_published("ours")
+    assert store.insert("later", "default", {}, submission_id=DRIVER).submission_id == DRIVER
+
+
+def test_concurrent_adoptions_of_one_driver_make_one_request(store: RequestStore) -> None:
+    contenders = 8
+    start = threading.Barrier(contenders)
+    outcomes: dict[str, str] = {}
+
+    def adopt(request_id: str) -> None:
+        start.wait(timeout=30)
+        try:
+            store.insert(request_id, "default", {}, submission_id=DRIVER)
+            outcomes[request_id] = "adopted"
+        except DriverTaken as exc:
+            outcomes[request_id] = f"taken by {exc.tracking_request_id}"
+
+    threads = [threading.Thread(target=adopt, args=(f"adopt-{i}",)) for i in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    [winner] = [r for r, outcome in outcomes.items() if outcome == "adopted"]
+    assert outcomes == {
+        f"adopt-{i}": "adopted" if f"adopt-{i}" == winner else f"taken by {winner}"
+        for i in range(contenders)
+    }
+
+
+def test_our_new_driver_adopted_by_someone_else_first(store: RequestStore) -> None:
+    """Spark made DRIVER for 'ours'; before we recorded it, 'theirs' adopted it."""
+    store.insert("ours", "default", {})
+    store.insert("theirs", "default", {}, submission_id=DRIVER)
+    with pytest.raises(DriverTaken) as taken:
+        store.mark_submitted("ours", DRIVER, DriverState.SUBMITTED)
+    assert taken.value.tracking_request_id == "theirs"
+    assert store.get("ours") is None  # withdrawn: the driver keeps exactly one request
+    theirs = store.get("theirs")
+    assert theirs is not None
+    assert theirs.phase == Phase.SUBMITTING
+    assert store.mark_submitted("theirs", DRIVER, DriverState.RUNNING) is not None
+
+
+def _index_names(engine: sa.Engine) -> set[str]:
+    return {str(ix["name"]) for ix in sa.inspect(engine).get_indexes("poller_requests")}
+
+
+def test_start_up_adds_the_driver_index_to_an_existing_database(
+    store: RequestStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = store.engine
+    (index,) = [ix for ix in sa.inspect(engine).get_indexes("poller_requests") if ix["unique"]]
+    name = str(index["name"])
+    # A database made before the index existed, already holding two requests for one driver.
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP INDEX {name}"))
+    _tracked(store, "old-1", DRIVER)
+    _tracked(store, "old-2", DRIVER)
+    with caplog.at_level(logging.ERROR, logger="poller.store"):
+        store.create_schema()  # the service still starts ...
+    assert name not in _index_names(engine)
+    assert "old-1" in caplog.text
+    assert "old-2" in caplog.text  # ... and says which requests share a driver
+    assert store.complete("old-2", DriverState.CANCELLED, "duplicate")
+    store.mark_published("old-2")
+    store.create_schema()
+    assert name in _index_names(engine)
+    with pytest.raises(DriverTaken, match="'old-1'"):
+        store.insert("new", "default", {}, submission_id=DRIVER)
+
+
+# -- item 5: every read-modify-write is atomic --------------------------------------------------
+
+
+def _rival_store(database_url: str) -> RequestStore:
+    """A second engine on the same database whose lock waits give up at once (0.2 s)."""
+    if database_url.startswith("sqlite"):
+        engine = sa.create_engine(database_url, connect_args={"timeout": 0.2})
+    else:
+        engine = sa.create_engine(database_url, connect_args={"options": "-c lock_timeout=200"})
+    return RequestStore(engine)
+
+
+class Interleave:
+    """Runs ``action`` on another engine just before or after the n-th statement on our table.
+
+    The store call in progress keeps whatever locks it holds until the hook returns, so the
+    rival either goes through (nothing was locked yet) or gives up on its short lock timeout.
+    """
+
+    def __init__(self, engine: sa.Engine, when: str, nth: int, action: Callable[[], Any]) -> None:
+        self.engine = engine
+        self.event = f"{when}_cursor_execute"
+        self.nth = nth
+        self.action = action
+        self.seen = 0
+        self.fired = False
+        self.result: Any = None
+
+    def _hook(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if self.fired or "poller_requests" not in statement:
+            return
+        self.seen += 1
+        if self.seen == self.nth:
+            self.fired = True
+            self.result = self.action()
+
+    def __enter__(self) -> Interleave:
+        sa.event.listen(self.engine, self.event, self._hook)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        sa.event.remove(self.engine, self.event, self._hook)
+
+
+def _resolve(rival: RequestStore, request_id: str) -> bool | None:
+    """Recovery's step, from the rival engine: True/False as the store says, None if locked out."""
+    try:
+        return rival.resolve_submitting(request_id, DriverState.SUBMIT_UNKNOWN, "recovered")
+    except StoreUnavailable:
+        return None
+
+
+POINTS = [("before", 1), ("after", 1), ("after", 2)]
+
+
+@pytest.mark.parametrize(("when", "nth"), POINTS)
+def test_mark_submitted_never_resurrects_a_resolved_request(
+    store: RequestStore, database_url: str, when: str, nth: int
+) -> None:
+    rival = _rival_store(database_url)
+    store.insert("race", "default", {})
+    with Interleave(store.engine, when, nth, lambda: _resolve(rival, "race")) as interleave:
+        record = store.mark_submitted("race", DRIVER, DriverState.SUBMITTED)
+    resolved = interleave.result if interleave.fired else None
+    final = store.get("race")
+    assert final is not None
+    if resolved:
+        assert record is None, "mark_submitted overwrote a request recovery had resolved"
+        assert (final.phase, final.state) == (Phase.PUBLISHING, DriverState.SUBMIT_UNKNOWN)
+    else:
+        assert record is not None
+        assert _resolve(rival, "race") is False
+        assert (final.phase, final.submission_id) == (Phase.POLLING, DRIVER)
+    rival.engine.dispose()
+
+
+@pytest.mark.parametrize(("when", "nth"), POINTS)
+def test_delete_submitting_never_deletes_a_resolved_request(
+    store: RequestStore, database_url: str, when: str, nth: int
+) -> None:
+    rival = _rival_store(database_url)
+    store.insert("race", "default", {})
+    with Interleave(store.engine, when, nth, lambda: _resolve(rival, "race")) as interleave:
+        store.delete_submitting("race")
+    resolved = interleave.result if interleave.fired else None
+    final = store.get("race")
+    if resolved:
+        assert final is not None, "delete_submitting dropped a request recovery had resolved"
+        assert final.phase == Phase.PUBLISHING
+    else:
+        assert final is None
+        assert _resolve(rival, "race") is False
+    rival.engine.dispose()
+
+
+# -- item 6: times are UTC ----------------------------------------------------------------------
+
+
+def _datetimes(record: JobRecord) -> dict[str, datetime]:
+    values = record.model_dump()
+    return {k: v for k, v in values.items() if isinstance(v, datetime)}
+
+
+def test_times_read_back_in_utc_whatever_the_server_time_zone(postgres: Postgres) -> None:
+    url = new_pg_database(postgres, "Europe/Paris")
+    engine = create_db_engine(url)
+    store = RequestStore(engine)
+    store.create_schema()
+    store.insert("paris", "default", {})
+    store.mark_submitted("paris", DRIVER, DriverState.RUNNING)
+    store.record_poll("paris", DriverState.FINISHED, "FINISHED", None)
+    store.complete("paris", DriverState.FINISHED, None)
+    record = store.get("paris")
+    assert record is not None
+    stamps = _datetimes(record)
+    assert set(stamps) >= {"submitted_at", "last_polled_at", "completed_at"}
+    for field, value in stamps.items():
+        assert value.tzinfo is UTC, f"{field}: {value.isoformat()}"
+    as_json = record.model_dump(mode="json")  # the event's times serialise the same way
+    assert as_json["submitted_at"].endswith("Z"), as_json["submitted_at"]
+    assert as_json["completed_at"].endswith("Z"), as_json["completed_at"]
+    (paged,), _ = store.page(None, 10, 0)
+    assert paged == record
+    with engine.connect() as conn:  # the session itself is pinned, whatever the server says
+        assert conn.scalar(sa.text("SHOW TIME ZONE")) == "UTC"
+    engine.dispose()
+
+
+def test_a_time_in_another_zone_is_the_same_instant(store: RequestStore) -> None:
+    store.insert("old", "default", {})
+    cutoff = datetime.now(UTC).astimezone(timezone(timedelta(hours=-5)))
+    assert [r.request_id for r in store.submitting_since(cutoff)] == ["old"]
+
+
+# -- item 18: SQLite commits are durable ----------------------------------------------------------
+
+
+def test_sqlite_commits_survive_an_os_crash(tmp_path: Any) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'durable.db'}")
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("PRAGMA journal_mode")) == "wal"
+        assert conn.scalar(sa.text("PRAGMA synchronous")) == 2  # FULL: fsync at every commit
+    engine.dispose()
