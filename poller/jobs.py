@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 KILL_CONFIRM_INLINE_S = 3.0
 KILL_CONFIRM_STEP_S = 0.2
 CANCEL_PUBLISH_WAIT_S = 3.0
+MAX_PAGE_BYTES = 1024 * 1024
+MAX_COUNTED = 10_000
 
 
 class Jobs:
@@ -218,8 +220,23 @@ class Jobs:
         return self._with_next_poll([record])[0]
 
     def list_jobs(self, state: DriverState | None, limit: int, offset: int) -> JobPage:
-        items, total = self.store.page(state, limit, offset)
-        return JobPage(items=self._with_next_poll(items), total=total, limit=limit, offset=offset)
+        """A page of records, bounded in count (``limit``) and in bytes (MAX_PAGE_BYTES)."""
+        rows, total = self.store.page(state, limit + 1, offset, count_up_to=MAX_COUNTED)
+        items: list[JobRecord] = []
+        size = 0
+        for record in rows[:limit]:
+            size += len(record.model_dump_json())
+            if items and size > MAX_PAGE_BYTES:
+                break
+            items.append(record)
+        more = len(items) < len(rows)
+        return JobPage(
+            items=self._with_next_poll(items),
+            total=total,
+            limit=limit,
+            offset=offset,
+            next_offset=offset + len(items) if more else None,
+        )
 
     def _with_next_poll(self, records: list[JobRecord]) -> list[JobRecord]:
         active = [r.request_id for r in records if r.phase in (Phase.POLLING, Phase.PUBLISHING)]

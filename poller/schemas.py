@@ -165,9 +165,15 @@ class JobRecord(BaseModel):
 
 class JobPage(BaseModel):
     items: list[JobRecord]
-    total: int
+    total: int | None = Field(
+        description="How many match in all; null when more than 10,000 (never counted further)."
+    )
     limit: int
     offset: int
+    next_offset: int | None = Field(
+        description="Offset of the next page; null on the last one. A page stops early rather "
+        "than exceed 1 MiB of records."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -307,19 +307,21 @@ class RequestStore:
 
     @_translate_db_errors
     def page(
-        self, state: DriverState | None, limit: int, offset: int
-    ) -> tuple[list[JobRecord], int]:
-        """Records ordered by submission time (oldest first), and the total that match."""
+        self, state: DriverState | None, limit: int, offset: int, count_up_to: int
+    ) -> tuple[list[JobRecord], int | None]:
+        """Records ordered by submission time (oldest first), and how many match in all: exact
+        up to ``count_up_to``, None beyond, so the count never reads the whole history."""
         query = select(RequestRow)
-        count = select(func.count()).select_from(RequestRow)
+        matching = select(RequestRow.request_id)
         if state is not None:
             query = query.where(RequestRow.state == state.value)
-            count = count.where(RequestRow.state == state.value)
+            matching = matching.where(RequestRow.state == state.value)
         query = query.order_by(RequestRow.submitted_at, RequestRow.request_id)
+        count = select(func.count()).select_from(matching.limit(count_up_to + 1).subquery())
         with self._sessions() as session:
             rows = session.scalars(query.limit(limit).offset(offset)).all()
             total = session.scalar(count) or 0
-            return [_record(row) for row in rows], total
+            return [_record(row) for row in rows], (total if total <= count_up_to else None)
 
     @_translate_db_errors
     def record_poll(

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from poller.devstack import FAST_DRIVER_JAVA_OPTIONS, KafkaBroker, Postgres, SparkStandalone
-from tests.support import JOB_SCRIPT, EventReader, ServiceProcess
+from tests.support import JOB_SCRIPT, DelayingProxy, EventReader, ServiceProcess
 
 # -- infrastructure ------------------------------------------------------------------------------
 
@@ -89,6 +89,7 @@ def topic(kafka: KafkaBroker) -> str:
 
 
 ServiceFactory = Callable[..., ServiceProcess]
+SlowSpark = Callable[[str, float], DelayingProxy]
 JobBody = Callable[..., dict[str, Any]]
 
 
@@ -114,6 +115,21 @@ def service_env(
     spark: SparkStandalone, kafka: KafkaBroker, topic: str, tmp_path: Path
 ) -> dict[str, str]:
     return base_env(spark, kafka, topic, tmp_path)
+
+
+@pytest.fixture
+def slow_spark(spark: SparkStandalone) -> Iterator[SlowSpark]:
+    """Spark's REST API behind a loopback proxy that holds back its answers to one path (after
+    Spark acted): ``slow_spark("/v1/submissions/create", 6)``. Closed after the test."""
+    proxies: list[DelayingProxy] = []
+
+    def make(path: str, delay_s: float) -> DelayingProxy:
+        proxies.append(DelayingProxy(spark.rest_url, path, delay_s))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
 
 
 @pytest.fixture

@@ -5,24 +5,21 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
 
 from poller.devstack import SparkStandalone, wait_for
-from tests.conftest import JobBody, ServiceFactory
+from tests.conftest import JobBody, ServiceFactory, SlowSpark
 from tests.support import DelayingProxy, driver_ids
 
 STUCK_SUBMITS = 45  # more than the API's worker threads
 
 
 @pytest.fixture
-def slow_create(spark: SparkStandalone) -> Iterator[DelayingProxy]:
+def slow_create(slow_spark: SlowSpark) -> DelayingProxy:
     """Spark's REST API, but the answer to a create arrives 8 s after Spark acted on it."""
-    proxy = DelayingProxy(spark.rest_url, "/v1/submissions/create", delay_s=8)
-    yield proxy
-    proxy.close()
+    return slow_spark("/v1/submissions/create", 8)
 
 
 def test_health_answers_while_every_worker_waits_on_spark(

@@ -14,17 +14,15 @@ from typing import Any
 import pytest
 import requests
 
-from poller.devstack import SparkStandalone, wait_for
-from tests.conftest import JobBody
+from poller.devstack import wait_for
+from tests.conftest import JobBody, SlowSpark
 from tests.support import DelayingProxy, EventReader, ServiceProcess
 
 
 @pytest.fixture
-def slow_create(spark: SparkStandalone) -> Iterator[DelayingProxy]:
+def slow_create(slow_spark: SlowSpark) -> DelayingProxy:
     """Spark's REST API, but the answer to a create arrives 8 s after Spark acted on it."""
-    proxy = DelayingProxy(spark.rest_url, "/v1/submissions/create", delay_s=8)
-    yield proxy
-    proxy.close()
+    return slow_spark("/v1/submissions/create", 8)
 
 
 @pytest.fixture

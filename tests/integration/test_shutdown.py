@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from poller.devstack import SparkStandalone, wait_for
-from tests.conftest import JobBody, ServiceFactory
+from tests.conftest import JobBody, ServiceFactory, SlowSpark
 from tests.support import DelayingProxy, EventReader, driver_state
 
 SHUTDOWN_TIMEOUT_S = 8
 
 
 @pytest.fixture
-def slow_status(spark: SparkStandalone) -> Iterator[DelayingProxy]:
+def slow_status(slow_spark: SlowSpark) -> DelayingProxy:
     """Spark's REST API, but every status answer is held back 4 s."""
-    proxy = DelayingProxy(spark.rest_url, "/v1/submissions/status/", delay_s=4)
-    yield proxy
-    proxy.close()
+    return slow_spark("/v1/submissions/status/", 4)
 
 
 def test_sigterm_while_a_poll_sees_its_driver_end(

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
 from poller.devstack import Postgres, SparkStandalone, wait_for
-from tests.conftest import JobBody, ServiceFactory
+from tests.conftest import JobBody, ServiceFactory, SlowSpark
 from tests.support import DelayingProxy, EventReader, ServiceProcess, driver_ids, driver_state
 
 
 @pytest.fixture
-def slow_create(spark: SparkStandalone) -> Iterator[DelayingProxy]:
+def slow_create(slow_spark: SlowSpark) -> DelayingProxy:
     """Spark's REST API, but the answer to a create arrives 6 s after Spark acted on it."""
-    proxy = DelayingProxy(spark.rest_url, "/v1/submissions/create", delay_s=6)
-    yield proxy
-    proxy.close()
+    return slow_spark("/v1/submissions/create", 6)
 
 
 def _submit_in_background(svc: ServiceProcess, body: dict[str, Any]) -> threading.Thread:
