@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     kafka_ssl_ca_location: str | None = None
     # Any other librdkafka producer setting, as a JSON object; values are treated as secrets.
     kafka_extra_config: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
-    event_source: str = "spark-poller"
+    event_source: Annotated[str, Field(min_length=1, max_length=1024)] = "spark-poller"
 
     # One REST URL, or several comma-separated (standalone HA: one per master).
     spark_rest_url: Annotated[RestUrls, NoDecode] = (AnyHttpUrl("http://localhost:6066"),)

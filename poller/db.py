@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any, Self
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -34,6 +34,8 @@ CLIENT_GRACE_S = 1.0
 # libpq's floor: a connect_timeout under 2 s is taken as 2 s.
 MIN_CONNECT_TIMEOUT_S = 2
 SQLITE_SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# The caller sizes the pool for every thread that may use it at once; a few spare for the rest.
+POOL_OVERFLOW = 5
 
 
 def create_db_engine(
@@ -56,7 +58,7 @@ def create_db_engine(
             url,
             connect_args={"timeout": timeout_s, "check_same_thread": False},
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=POOL_OVERFLOW,
             pool_timeout=timeout_s,
         )
 
@@ -72,10 +74,19 @@ def create_db_engine(
 
     engine = create_engine(
         url,
-        connect_args={"connect_timeout": max(MIN_CONNECT_TIMEOUT_S, math.ceil(timeout_s))},
+        connect_args={
+            "connect_timeout": max(MIN_CONNECT_TIMEOUT_S, math.ceil(timeout_s)),
+            # A peer that vanished without a word (a failed-over host, lost NAT state) is noticed
+            # by the kernel within seconds, even on a connection that only waits.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int((timeout_s + CLIENT_GRACE_S) * 1000),
+        },
         pool_pre_ping=True,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=POOL_OVERFLOW,
         pool_recycle=1800,
         pool_timeout=timeout_s,
     )
@@ -110,18 +121,6 @@ def create_db_engine(
             dbapi_conn.commit()
 
     return engine
-
-
-def exempt_from_deadline(conn: Connection) -> None:
-    """Let ``conn`` wait for the server however long it takes, until it returns to the pool.
-
-    For a connection whose loss costs more than one failed call: a session advisory lock (the
-    scheduler lease) dies with its session, so cutting that connection because a frozen server was
-    slow would give the lease away. The server's statement_timeout still applies.
-    """
-    dbapi_conn = conn.connection.driver_connection
-    if isinstance(dbapi_conn, GuardedConnection):
-        dbapi_conn.deadline_s = None
 
 
 class _Watchdog:

@@ -123,11 +123,12 @@ class EventPublisher:
         stale.purge()
         stale.flush(0)
 
-    def send(self, event: CompletionEvent, on_done: DeliveryCallback) -> None:
+    def send(self, event: CompletionEvent, on_done: DeliveryCallback) -> object:
         """Queue ``event`` without waiting; ``on_done(None)`` once the broker has it, else
         ``on_done(reason)``. Called back on the producer's callback thread: keep it short.
 
-        Raises PublishFailed when the event cannot even be queued."""
+        Returns the producer that took it (for :meth:`replace_if_stuck`). Raises PublishFailed
+        when the event cannot even be queued."""
         message = to_kafka_message(event, self.source)
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -147,12 +148,13 @@ class EventPublisher:
             )
         except (KafkaException, BufferError) as exc:
             raise PublishFailed(f"could not queue the event: {exc}") from exc
+        return producer
 
-    def replace_if_stuck(self) -> None:
-        """No delivery report long past the delivery timeout: the producer is wedged."""
-        with self._lock:
-            producer = self._producer
-        self._replace_producer(producer)
+    def replace_if_stuck(self, producer: object) -> None:
+        """No delivery report long past the delivery timeout: ``producer`` (from :meth:`send`)
+        is wedged; replaced unless it already was."""
+        if isinstance(producer, Producer):
+            self._replace_producer(producer)
 
     def problem(self, timeout_s: float = 2.0) -> str | None:
         """Why the broker cannot take our events right now, or None when it can."""

@@ -45,6 +45,7 @@ KILL_CONFIRM_STEP_S = 0.2
 CANCEL_PUBLISH_WAIT_S = 3.0
 MAX_PAGE_BYTES = 1024 * 1024
 MAX_COUNTED = 10_000
+SUBMIT_GRACE_MARGIN_S = 30.0
 
 
 class Jobs:
@@ -69,6 +70,14 @@ class Jobs:
         self._pending_lock = threading.Lock()
         self._to_record: dict[str, tuple[str, DriverState]] = {}
         self._to_forget: set[str] = set()
+        self._submitting: set[str] = set()
+
+    @property
+    def submit_grace_s(self) -> float:
+        """How long a submit call can last, every retry and master included, plus a margin for
+        the database writes around it and for clocks that differ between hosts."""
+        longest = max((client.longest_call_s for client in self.clusters.values()), default=0.0)
+        return longest + SUBMIT_GRACE_MARGIN_S
 
     @property
     def pending_writes(self) -> bool:
@@ -81,6 +90,17 @@ class Jobs:
             self._check_allowed(request.job)
         request_id = request.request_id or str(uuid.uuid4())
         self._insert(request_id, request)
+        with self._pending_lock:
+            self._submitting.add(request_id)  # recovery leaves it alone while we are at it
+        try:
+            return self._submit_recorded(request_id, request, client)
+        finally:
+            with self._pending_lock:
+                self._submitting.discard(request_id)
+
+    def _submit_recorded(
+        self, request_id: str, request: SubmitRequest, client: SparkClient
+    ) -> SubmitResponse:
         try:
             if request.job is not None:
                 submission_id = client.create(request.job, request_id)
@@ -213,6 +233,31 @@ class Jobs:
                 f"request {request_id!r} was resolved as SUBMIT_UNKNOWN while Spark was answering"
             )
 
+    def flush_pending_writes(self, timeout_s: float) -> None:
+        """At a stop: write what submits could not, for up to ``timeout_s``; name what is left.
+
+        A driver left unrecorded ends SUBMIT_UNKNOWN after the grace; the log line says which
+        driver it was, so an operator can adopt it under another request_id."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending_writes and time.monotonic() < deadline:
+            try:
+                self.retry_pending_writes()
+            except Exception:
+                time.sleep(0.5)
+        with self._pending_lock:
+            unrecorded = {r: s for r, (s, _) in self._to_record.items()}
+            unforgotten = sorted(self._to_forget)
+        if unrecorded:
+            logger.critical(
+                "stopping with drivers made but not recorded (request_id: submission_id): %s",
+                ", ".join(f"{r}: {s}" for r, s in sorted(unrecorded.items())),
+            )
+        if unforgotten:
+            logger.critical(
+                "stopping with refused submissions still recorded (will end SUBMIT_UNKNOWN): %s",
+                ", ".join(unforgotten),
+            )
+
     def get(self, request_id: str) -> JobRecord:
         record = self.store.get(request_id)
         if record is None:
@@ -273,10 +318,9 @@ class Jobs:
                 )
             else:
                 record = self._kill_and_confirm(record)
-        if record.phase == Phase.PUBLISHING and self.outbox.wait_published(
-            request_id, CANCEL_PUBLISH_WAIT_S
-        ):
-            record = self.store.get(request_id) or record
+        if record.phase == Phase.PUBLISHING:
+            self.outbox.wait_published(request_id, CANCEL_PUBLISH_WAIT_S)
+            record = self.store.get(request_id) or record  # done, if Kafka took it meanwhile
         logger.info(
             "cancel of %s: %s (kill=%s)",
             request_id,
@@ -308,13 +352,12 @@ class Jobs:
 
         Only those older than any submit call can last: a younger one may belong to a live
         process (a standby serves submits too) whose create call Spark is still answering."""
-        grace_s = self.settings.spark_timeout_s * 4 + 30
-        cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.submit_grace_s)
         recovered = 0
         with self._pending_lock:
-            ours = self._to_record.keys() | self._to_forget
+            ours = self._to_record.keys() | self._to_forget | self._submitting
         for record in self.store.submitting_since(cutoff):
-            if record.request_id in ours:  # this process knows its outcome and is writing it
+            if record.request_id in ours:  # this process is still at it, or writing its outcome
                 continue
             recovered += 1
             if record.submission_id is not None:  # an adoption: the driver is known, poll it

@@ -15,6 +15,7 @@ take one lease per shard.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -26,7 +27,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from poller.db import exempt_from_deadline
+from poller.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,12 @@ class Lease(Protocol):
     description: str
 
     def try_acquire(self) -> bool:
-        """Take the lease if nobody holds it; True if this process holds it now."""
+        """Take the lease if nobody holds it; True if this process holds it now, False if
+        another does. Raises StoreUnavailable when it cannot tell."""
 
     def holding(self) -> bool:
-        """Whether this process still holds it (False once lost: stop scheduling at once)."""
+        """Whether this process still holds it (False once lost, or when the check does not
+        come back in time: stop scheduling at once). Bounded like every database call."""
 
     def release(self) -> None:
         """Give it up (also fine when not held)."""
@@ -60,15 +63,23 @@ class FileLease:
     def try_acquire(self) -> bool:
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"lease file {self.path}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            os.close(fd)
+            raise StoreUnavailable(f"lease file {self.path}: {exc.strerror}") from exc
         self._fd = fd
+        # Who holds it, for an operator; the lock, not this text, is what counts.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         return True
 
     def holding(self) -> bool:
@@ -114,20 +125,16 @@ class AdvisoryLease:
         try:
             conn = self.engine.connect()
         except SQLAlchemyError as exc:
-            logger.debug("scheduler lease: database unavailable (%s)", type(exc).__name__)
-            return False
-        # A slow answer must not cut this connection: the lock would go with it.
-        exempt_from_deadline(conn)
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         try:
             got = conn.scalar(
                 text("SELECT pg_try_advisory_lock(:a, :b)"), {"a": self.key[0], "b": self.key[1]}
             )
             conn.commit()
         except SQLAlchemyError as exc:
-            logger.debug("scheduler lease: could not ask (%s)", type(exc).__name__)
             conn.invalidate()
             conn.close()
-            return False
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         if not got:
             conn.close()
             return False

@@ -61,7 +61,8 @@ class Outbox:
         self.remove_job = remove_job
         self.stuck_after_s = stuck_after_s
         self._lock = threading.Lock()
-        self._in_flight: dict[str, float] = {}  # request_id -> when it was sent (monotonic)
+        # request_id -> when it was sent (monotonic) and the producer that took it
+        self._in_flight: dict[str, tuple[float, object]] = {}
         self._delivered: dict[str, threading.Event] = {}
         self._reports: queue.Queue[tuple[str, str | None]] = queue.Queue()
         self._unsettled: set[str] = set()  # delivered, not yet marked done (database down)
@@ -79,14 +80,21 @@ class Outbox:
         with self._lock:
             if request_id in self._in_flight or request_id in self._unsettled:
                 return
-            self._in_flight[request_id] = time.monotonic()
+            self._in_flight[request_id] = (time.monotonic(), None)
             self._delivered.setdefault(request_id, threading.Event())
         try:
-            self.publisher.send(
+            producer = self.publisher.send(
                 completion_event(record), lambda err: self._reports.put((request_id, err))
             )
         except PublishFailed as exc:
             self._failed(request_id, exc.message)
+        except Exception as exc:  # a record we cannot turn into an event: say so, try again
+            logger.exception("event of %s could not be built", request_id)
+            self._failed(request_id, f"could not build the event: {type(exc).__name__}")
+        else:
+            with self._lock:
+                if request_id in self._in_flight:
+                    self._in_flight[request_id] = (self._in_flight[request_id][0], producer)
 
     def wait_published(self, request_id: str, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the event of an offered request to be confirmed."""
@@ -101,13 +109,18 @@ class Outbox:
             self._thread.join(timeout_s)
 
     def _relay(self) -> None:
+        next_housekeeping = time.monotonic() + RELAY_STEP_S
         while True:
             try:
                 request_id, error = self._reports.get(timeout=RELAY_STEP_S)
             except queue.Empty:
                 if self._stop.is_set():
                     return
+                request_id, error = "", None
+            if time.monotonic() >= next_housekeeping:  # on a clock: reports may never pause
+                next_housekeeping = time.monotonic() + RELAY_STEP_S
                 self._housekeeping()
+            if not request_id:
                 continue
             if error is None:
                 with self._lock:
@@ -151,15 +164,19 @@ class Outbox:
         now = time.monotonic()
         with self._lock:
             unsettled = list(self._unsettled)
-            stuck = [r for r, at in self._in_flight.items() if now - at > self.stuck_after_s]
+            stuck = {
+                r: producer
+                for r, (at, producer) in self._in_flight.items()
+                if now - at > self.stuck_after_s
+            }
             for request_id in stuck:
                 del self._in_flight[request_id]
                 self._waiting[request_id] = "no delivery report from Kafka"
             waiting = dict(self._waiting)
         for request_id in unsettled:
             self._settle(request_id)
-        if stuck:
-            self.publisher.replace_if_stuck()
+        for producer in {id(p): p for p in stuck.values() if p is not None}.values():
+            self.publisher.replace_if_stuck(producer)
         if waiting and now - self._last_report >= WAITING_REPORT_S:
             self._last_report = now
             with self._lock:

@@ -51,19 +51,40 @@ class RequestLocks:
 
     @contextmanager
     def hold(self, request_id: str) -> Iterator[None]:
-        with self._guard:
-            lock, users = self._locks.get(request_id, (threading.Lock(), 0))
-            self._locks[request_id] = (lock, users + 1)
+        lock = self._enter(request_id)
         try:
             with lock:
                 yield
         finally:
-            with self._guard:
-                lock, users = self._locks[request_id]
-                if users == 1:
-                    del self._locks[request_id]
-                else:
-                    self._locks[request_id] = (lock, users - 1)
+            self._leave(request_id)
+
+    @contextmanager
+    def hold_if_free(self, request_id: str) -> Iterator[bool]:
+        """Hold the request's lock if nobody does; yields whether it is held."""
+        lock = self._enter(request_id)
+        try:
+            held = lock.acquire(blocking=False)
+            try:
+                yield held
+            finally:
+                if held:
+                    lock.release()
+        finally:
+            self._leave(request_id)
+
+    def _enter(self, request_id: str) -> threading.Lock:
+        with self._guard:
+            lock, users = self._locks.get(request_id, (threading.Lock(), 0))
+            self._locks[request_id] = (lock, users + 1)
+            return lock
+
+    def _leave(self, request_id: str) -> None:
+        with self._guard:
+            lock, users = self._locks[request_id]
+            if users == 1:
+                del self._locks[request_id]
+            else:
+                self._locks[request_id] = (lock, users - 1)
 
     def __len__(self) -> int:
         with self._guard:
@@ -93,10 +114,14 @@ class Poller:
         return self.locks.hold(request_id)
 
     def poll(self, request_id: str) -> None:
-        """One scheduled run. Never raises: a failure leaves the job for the next run."""
+        """One scheduled run. Never raises: a failure leaves the job for the next run.
+
+        A run that finds its request busy (a cancel is killing the driver) skips: the cancel
+        does the work, and no poll thread waits on another's Spark call."""
         try:
-            with self.lock_for(request_id):
-                self.advance(request_id)
+            with self.locks.hold_if_free(request_id) as free:
+                if free:
+                    self.advance(request_id)
         except PollerError as exc:
             logger.warning(
                 "poll of %s failed, retrying next run: %s",
@@ -154,6 +179,10 @@ class Poller:
                 )
             return self._fix(record, status.state, status.message)
         if not status.found:
+            if record.phase == Phase.CANCELLING:  # killed and gone (or forgotten): cancelled
+                return self._fix(
+                    record, DriverState.CANCELLED, f"{record.message}; Spark no longer knows it"
+                )
             if record.unknown_polls >= self.policy.lost_after_unknown_polls:
                 return self._fix(
                     record,

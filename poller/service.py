@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 JOB_FUNC = "poller.polling:run_poll"
 WATCHDOG_STEP_S = 1.0
+# Longer than any one watchdog step can take (each database call in it is bounded).
+WATCHDOG_SILENT_S = 60.0
+FAILURE_REPEAT_S = 60.0
+PENDING_WRITES_FLUSH_S = 5.0
 LEASE_RETRY_S = 2.0
 LEASE_CHECK_S = 2.0
 RECOVERY_STEP_S = 5.0
@@ -96,6 +100,8 @@ class Service:
         self._activated = threading.Event()
         self._leading = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self._beats = _Beats()
+        self.heartbeat = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -142,6 +148,7 @@ class Service:
             )
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
+        self.jobs.flush_pending_writes(PENDING_WRITES_FLUSH_S)
         self.health.stop()
         self.publisher.close()  # flushes: the reports of events still on their way arrive
         self.outbox.stop()
@@ -182,52 +189,58 @@ class Service:
         return len(missing), len(orphans)
 
     def _watch(self) -> None:
-        """Exit rather than sit alive with a dead scheduler; hold the lease; repair now and then."""
-        next_lease_try = next_lease_check = next_recovery = next_reconcile = 0.0
-        said_standby = False
+        """Exit rather than sit alive with a dead scheduler; hold the lease; repair now and then.
+
+        A failing step (the database away, a lease file it cannot open) is logged and retried on
+        the next beat: the loop itself never ends but by a stop or a fatal error."""
         while not self._stopping.wait(WATCHDOG_STEP_S):
+            self.heartbeat = time.monotonic()
             if self.fatal is not None:
                 return
             if not self.scheduler.alive():
                 self._die("the scheduler thread died")
                 return
-            if self.jobs.pending_writes:
-                self._guarded("recording submits", self.jobs.retry_pending_writes)
-            if not self._activated.is_set():
-                continue
-            now = time.monotonic()
-            if not self._leading.is_set():
-                if now < next_lease_try:
-                    continue
-                next_lease_try = now + LEASE_RETRY_S
-                if not self.lease.try_acquire():
-                    if not said_standby:
-                        said_standby = True
-                        logger.warning(
-                            "standby: another process holds the scheduler lease (%s); serving "
-                            "the API and waiting for it",
-                            self.lease.description,
-                        )
-                    continue
-                if not self._lead():
-                    continue
-                next_lease_check = now + LEASE_CHECK_S
-                next_reconcile = now + self.settings.reconcile_interval_s
-                next_recovery = now + RECOVERY_STEP_S
-                continue
-            if now >= next_lease_check:
-                next_lease_check = now + LEASE_CHECK_S
-                if not self.lease.holding():
-                    self.scheduler.pause()  # before anything else: another process may lead now
-                    self._leading.clear()
-                    said_standby = False
-                    logger.error("lost the scheduler lease: stopped polling; standing by")
-            if now >= next_recovery:
-                next_recovery = now + RECOVERY_STEP_S
-                self._guarded("recovery of interrupted submissions", self.jobs.recover_submissions)
-            if now >= next_reconcile:
-                next_reconcile = now + self.settings.reconcile_interval_s
-                self._guarded("periodic reconcile", self.reconcile)
+            try:
+                self._watch_step(self.heartbeat)
+            except Exception as exc:
+                self._beats.failed(exc)
+            else:
+                self._beats.problem = None
+
+    def _watch_step(self, now: float) -> None:
+        beats = self._beats
+        if self.jobs.pending_writes:
+            self.jobs.retry_pending_writes()
+        if not self._activated.is_set():
+            return
+        if not self._leading.is_set():
+            if now < beats.next_lease_try:
+                return
+            beats.next_lease_try = now + LEASE_RETRY_S
+            if not self.lease.try_acquire():
+                beats.standing_by(self.lease.description)
+                return
+            if self._lead():
+                beats.led(now, self.settings.reconcile_interval_s)
+            return
+        if now >= beats.next_lease_check:
+            beats.next_lease_check = now + LEASE_CHECK_S
+            try:
+                held = self.lease.holding()
+            except Exception:
+                held = False
+            if not held:
+                self.scheduler.pause()  # before anything else: another process may lead now
+                self._leading.clear()
+                beats.lost()
+                logger.error("lost the scheduler lease: stopped polling; standing by")
+                return
+        if now >= beats.next_recovery:
+            beats.next_recovery = now + RECOVERY_STEP_S
+            self.jobs.recover_submissions()
+        if now >= beats.next_reconcile:
+            beats.next_reconcile = now + self.settings.reconcile_interval_s
+            self.reconcile()
 
     def _lead(self) -> bool:
         """This process just took the lease: repair the store, then start polling."""
@@ -261,13 +274,6 @@ class Service:
         )
         return True
 
-    @staticmethod
-    def _guarded(what: str, step: Callable[[], object]) -> None:
-        try:
-            step()
-        except Exception as exc:
-            logger.warning("%s failed: %s", what, exc)
-
     def _die(self, reason: str) -> None:
         self.fatal = reason
         logger.critical("fatal: %s; stopping", reason)
@@ -275,12 +281,20 @@ class Service:
             self.on_fatal(reason)
 
     def healthy(self) -> bool:
-        return self.fatal is None and self.scheduler.alive()
+        """The scheduler thread runs and the watchdog beats (it holds the lease and repairs)."""
+        return (
+            self.fatal is None
+            and self.scheduler.alive()
+            and time.monotonic() - self.heartbeat < WATCHDOG_SILENT_S
+        )
 
     def readiness(self) -> dict[str, str]:
         """Each dependency's state: "ok" or what is wrong with it. Never waits on one."""
         checks = self.health.problems()
-        checks["scheduler"] = "ok" if self.healthy() else (self.fatal or "not running")
+        if not self.healthy():
+            checks["scheduler"] = self.fatal or "not running"
+        else:
+            checks["scheduler"] = self._beats.problem or "ok"
         return checks
 
     def _check_database(self) -> str | None:
@@ -289,6 +303,44 @@ class Service:
         except PollerError as exc:
             return exc.message
         return None
+
+
+class _Beats:
+    """When the watchdog does each of its chores next, and what it last said."""
+
+    def __init__(self) -> None:
+        self.next_lease_try = self.next_lease_check = 0.0
+        self.next_recovery = self.next_reconcile = 0.0
+        self._said_standby = False
+        self.problem: str | None = None  # why the last step failed, until one succeeds
+        self._last_failure = ""
+        self._last_failure_at = float("-inf")
+
+    def led(self, now: float, reconcile_interval_s: float) -> None:
+        self.next_lease_check = now + LEASE_CHECK_S
+        self.next_recovery = now + RECOVERY_STEP_S
+        self.next_reconcile = now + reconcile_interval_s
+
+    def standing_by(self, lease: str) -> None:
+        if not self._said_standby:
+            self._said_standby = True
+            logger.warning(
+                "standby: another process holds the scheduler lease (%s); serving the API and "
+                "waiting for it",
+                lease,
+            )
+
+    def lost(self) -> None:
+        self._said_standby = False
+
+    def failed(self, exc: Exception) -> None:
+        """Log a failing step once a minute, not once a second."""
+        text = str(exc) or type(exc).__name__
+        self.problem = text
+        now = time.monotonic()
+        if text != self._last_failure or now - self._last_failure_at > FAILURE_REPEAT_S:
+            self._last_failure, self._last_failure_at = text, now
+            logger.warning("watchdog step failed, retrying every %.0fs: %s", WATCHDOG_STEP_S, text)
 
 
 def _sample(ids: set[str], limit: int = 5) -> str:

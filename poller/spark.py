@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 PYTHON_RUNNER = "org.apache.spark.deploy.PythonRunner"
 MAX_MESSAGE_CHARS = 2000
 JWS_LIFETIME_S = 300
+RETRY_WAIT_MAX_S = 2.0
+MAX_STATE_CHARS = 32
 # How a master that is not ALIVE (STANDBY, RECOVERING, COMPLETING_RECOVERY) starts its refusal of
 # create, kill and status calls: Spark's Utils.BACKUP_STANDALONE_MASTER_PREFIX.
 NOT_ALIVE_PREFIX = "Current state is not alive"
@@ -140,7 +142,7 @@ def parse_status(payload: dict[str, Any]) -> DriverStatus:
         raise SparkUnavailable(f"the Spark master is {state}, not ALIVE")
     if payload.get("success") is not True or "driverState" not in payload:
         return DriverStatus(found=False, message=_short(payload.get("message")))
-    raw = str(payload["driverState"])
+    raw = str(payload["driverState"])[:MAX_STATE_CHARS]  # stored as is: bounded
     try:
         state = DriverState(raw)
     except ValueError:
@@ -292,6 +294,12 @@ class SparkClient:
     def close(self) -> None:
         self._session.close()
 
+    @property
+    def longest_call_s(self) -> float:
+        """An upper bound on one call: every attempt at every master, each with its connect and
+        read timeouts, and the pauses between attempts (name resolution aside)."""
+        return self.attempts * (len(self.masters) * 2 * self.timeout_s + RETRY_WAIT_MAX_S)
+
     def _headers(self) -> dict[str, str]:
         if self.cluster.jws_secret is None:
             return {}
@@ -305,7 +313,7 @@ class SparkClient:
             for attempt in Retrying(
                 retry=_retryable(idempotent),
                 stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential_jitter(initial=0.2, max=2.0),
+                wait=wait_exponential_jitter(initial=0.2, max=RETRY_WAIT_MAX_S),
                 reraise=True,
             ):
                 with attempt:

@@ -57,6 +57,14 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
 
 
 @pytest.fixture
+def own_spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkStandalone]:
+    """A cluster of the test's own, so restarting or freezing it troubles no other test."""
+    cluster = SparkStandalone(tmp_path_factory.mktemp("own-spark"), cores=2, memory="2g").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
 def own_postgres(tmp_path: Path) -> Iterator[Postgres]:
     """A PostgreSQL server of the test's own, so stopping or freezing it troubles no other test."""
     server = Postgres(tmp_path / "pg").start()
@@ -133,13 +141,19 @@ def slow_spark(spark: SparkStandalone) -> Iterator[SlowSpark]:
 
 
 @pytest.fixture
-def start_service(service_env: dict[str, str], tmp_path: Path) -> Iterator[ServiceFactory]:
-    """Start the service with the test's env plus overrides; every one started is stopped after."""
+def start_service(
+    service_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ServiceFactory]:
+    """Start the service with the test's env plus overrides; every one started is stopped after.
+    The test's event reader, if it has one, names the latest one's phases when a wait fails."""
     started: list[ServiceProcess] = []
 
     def factory(**overrides: str) -> ServiceProcess:
         svc = ServiceProcess({**service_env, **overrides}, tmp_path / "service.log")
         started.append(svc)
+        if "events" in request.fixturenames:
+            reader: EventReader = request.getfixturevalue("events")
+            reader.service = svc
         return svc.start()
 
     yield factory

@@ -91,6 +91,17 @@ class ServiceProcess:
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
         return self.http.delete(f"{self.url}{path}", timeout=30, **kwargs)
 
+    def phases(self, request_ids: list[str], most: int = 20) -> str:
+        """Where each request is, as the service tells it: for a failed wait's message."""
+        shown = []
+        for request_id in request_ids[:most]:
+            try:
+                record = self.job(request_id)
+                shown.append(f"{request_id}={record['phase']}/{record['state']}")
+            except (requests.RequestException, ValueError):
+                shown.append(f"{request_id}=?")
+        return ", ".join(shown) + (", ..." if len(request_ids) > most else "")
+
     def job(self, request_id: str) -> dict[str, Any]:
         response = self.get(f"/jobs/{request_id}")
         response.raise_for_status()
@@ -119,6 +130,7 @@ class EventReader:
         )
         self.consumer.assign([TopicPartition(topic, 0, 0)])
         self.events: list[Event] = []
+        self.service: ServiceProcess | None = None  # the one whose requests these events are
 
     def drain(self, timeout_s: float = 0.5) -> list[Event]:
         while True:
@@ -139,12 +151,24 @@ class EventReader:
             )
 
     def wait_for_keys(self, keys: set[str], timeout_s: float = 120) -> dict[str, list[Event]]:
-        """Wait until every key has at least one event; return all events by key."""
+        """Wait until every key has at least one event; return all events by key. On time-out
+        the message says where each missing request is (from the last service started)."""
+
+        def missing() -> list[str]:
+            return sorted(keys - {e.key for e in self.events})
+
+        def where() -> str:
+            svc = self.service
+            if svc is None or not svc.running():
+                return f"no event yet for {missing()}"
+            return f"no event yet for {svc.phases(missing())}"
+
         wait_for(
             lambda: keys <= {e.key for e in self.drain(0.2)},
             timeout_s,
-            f"events for {sorted(keys - {e.key for e in self.events})}",
+            f"events for {len(keys)} request(s)",
             step_s=0,
+            describe=where,
         )
         return self.by_key()
 

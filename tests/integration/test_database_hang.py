@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from poller.db import create_db_engine, exempt_from_deadline
+from poller.db import create_db_engine
 from poller.devstack import Postgres, wait_for
 from poller.errors import StoreUnavailable
 from poller.store import RequestStore
@@ -92,30 +91,6 @@ def test_store_calls_are_bounded_on_a_hung_server(own_postgres: Postgres) -> Non
 
     wait_for(lambda: store.get("warm") is not None, 30, "the store to answer again")
     store.ping()
-    engine.dispose()
-
-
-def test_an_exempt_connection_outwaits_a_hung_server(own_postgres: Postgres) -> None:
-    """The scheduler lease's connection must not be cut for slowness: its lock dies with it."""
-    engine = create_db_engine(own_postgres.url, timeout_s=1)
-    store = RequestStore(engine)
-    store.create_schema()
-    held = engine.connect()
-    exempt_from_deadline(held)
-    answers: list[object] = []
-    with frozen(own_postgres):
-        waiter = threading.Thread(target=lambda: answers.append(held.scalar(sa.text("SELECT 7"))))
-        waiter.start()
-        with pytest.raises(StoreUnavailable):
-            store.ping()  # bounded: well past the exempt connection's would-be deadline
-        assert waiter.is_alive()
-        assert answers == []
-    waiter.join(timeout=30)
-    assert answers == [7]
-    assert held.scalar(sa.text("SELECT 8")) == 8  # the same session, still open
-    held.close()
-    with engine.connect() as conn:  # back in the pool, the deadline applies again
-        assert conn.connection.driver_connection.deadline_s is not None  # type: ignore[union-attr]
     engine.dispose()
 
 

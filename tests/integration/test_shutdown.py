@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from poller.devstack import SparkStandalone, wait_for
+from poller.devstack import Postgres, SparkStandalone, wait_for
 from tests.conftest import JobBody, ServiceFactory, SlowSpark
+from tests.databases import frozen
 from tests.support import DelayingProxy, EventReader, driver_state
 
 SHUTDOWN_TIMEOUT_S = 8
@@ -48,3 +49,24 @@ def test_sigterm_while_a_poll_sees_its_driver_end(
     found = events.wait_for_keys({"ends-at-stop"})["ends-at-stop"]
     assert {e.value["state"] for e in found} == {"FINISHED"}
     assert len({e.value["event_id"] for e in found}) == 1
+
+
+def test_sigterm_while_the_database_hangs(
+    start_service: ServiceFactory, own_postgres: Postgres, job_body: JobBody
+) -> None:
+    """Every wait at a stop is bounded, the scheduler lease's own check included."""
+    svc = start_service(POLLER_DATABASE_URL=own_postgres.url, POLLER_SHUTDOWN_TIMEOUT_S="5")
+    answer = svc.post("/submit", json={"request_id": "frozen-db", "job": job_body(seconds=30)})
+    assert answer.status_code == 202, answer.text
+    wait_for(lambda: svc.job("frozen-db")["polls"] > 0, 60, "polling under way")
+    with frozen(own_postgres):
+        wait_for(
+            lambda: svc.get("/readyz").json()["checks"]["database"] != "ok",
+            30,
+            "the hang to be noticed",
+        )
+        started = time.monotonic()
+        code = svc.terminate(timeout_s=90)
+        took = time.monotonic() - started
+    print(f"sigterm with the database frozen: exit {code} after {took:.1f}s")
+    assert took < 30, f"the stop took {took:.0f}s"

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 import requests
 
 from poller.devstack import SparkStandalone, wait_for
 from tests.conftest import JobBody, ServiceFactory
 from tests.support import EventReader, driver_state
-
-
-@pytest.fixture
-def own_spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkStandalone]:
-    """A cluster of this test's own, so restarting its master troubles no other test."""
-    cluster = SparkStandalone(tmp_path_factory.mktemp("own-spark"), cores=2, memory="2g").start()
-    yield cluster
-    cluster.stop()
 
 
 def test_master_down_then_restarted_without_recovery(
@@ -93,3 +83,32 @@ def test_total_tracking_limit(
     requests.post(
         f"{spark.rest_url}/v1/submissions/kill/{answer.json()['submission_id']}", timeout=10
     )
+
+
+def test_cancel_with_kill_of_a_driver_spark_forgot(
+    own_spark: SparkStandalone,
+    start_service: ServiceFactory,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    """The master restarted without recovery and no longer knows the driver: the user's cancel
+    still ends CANCELLED (not LOST from the confirmation's own status calls)."""
+    svc = start_service(
+        POLLER_SPARK_REST_URL=own_spark.rest_url, POLLER_SPARK_MASTER_URL=own_spark.master_url
+    )
+    answer = svc.post("/submit", json={"request_id": "forgot", "job": job_body(seconds=300)})
+    assert answer.status_code == 202, answer.text
+    wait_for(lambda: svc.job("forgot")["state"] == "RUNNING", 60, "driver running")
+    own_spark.stop()
+    own_spark.start()  # a fresh master: it has never heard of the driver
+    answers: list[requests.Response] = []
+
+    def cancel() -> bool:  # 503 while the client still backs off from the outage
+        answers.append(svc.delete("/jobs/forgot", params={"kill": "true"}))
+        return answers[-1].status_code != 503
+
+    wait_for(cancel, 90, "the cancel to reach the master", step_s=1)
+    assert answers[-1].status_code in (200, 202), answers[-1].text
+    [event] = events.wait_for_keys({"forgot"}, timeout_s=60)["forgot"]
+    assert event.value["state"] == "CANCELLED", event.value
+    assert "cancelled by request" in event.value["message"]
