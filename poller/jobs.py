@@ -45,6 +45,7 @@ KILL_CONFIRM_STEP_S = 0.2
 CANCEL_PUBLISH_WAIT_S = 3.0
 MAX_PAGE_BYTES = 1024 * 1024
 MAX_COUNTED = 10_000
+PAGE_CHUNK = 50
 SUBMIT_GRACE_MARGIN_S = 30.0
 
 
@@ -266,15 +267,21 @@ class Jobs:
 
     def list_jobs(self, state: DriverState | None, limit: int, offset: int) -> JobPage:
         """A page of records, bounded in count (``limit``) and in bytes (MAX_PAGE_BYTES)."""
-        rows, total = self.store.page(state, limit + 1, offset, count_up_to=MAX_COUNTED)
+        # Read in small chunks: a thousand records of the largest kind would be 75 MB in memory.
+        total = self.store.count(state, up_to=MAX_COUNTED)
         items: list[JobRecord] = []
         size = 0
-        for record in rows[:limit]:
-            size += len(record.model_dump_json())
-            if items and size > MAX_PAGE_BYTES:
-                break
-            items.append(record)
-        more = len(items) < len(rows)
+        more, full = True, False
+        while more and not full and len(items) < limit:
+            want = min(PAGE_CHUNK, limit - len(items))
+            rows = self.store.page(state, want + 1, offset + len(items))
+            more = len(rows) > want
+            for record in rows[:want]:
+                size += len(record.model_dump_json())
+                if items and size > MAX_PAGE_BYTES:
+                    more = full = True
+                    break
+                items.append(record)
         return JobPage(
             items=self._with_next_poll(items),
             total=total,

@@ -306,22 +306,26 @@ class RequestStore:
             return None if row is None else _record(row)
 
     @_translate_db_errors
-    def page(
-        self, state: DriverState | None, limit: int, offset: int, count_up_to: int
-    ) -> tuple[list[JobRecord], int | None]:
-        """Records ordered by submission time (oldest first), and how many match in all: exact
-        up to ``count_up_to``, None beyond, so the count never reads the whole history."""
+    def page(self, state: DriverState | None, limit: int, offset: int) -> list[JobRecord]:
+        """Records ordered by submission time (oldest first)."""
         query = select(RequestRow)
-        matching = select(RequestRow.request_id)
         if state is not None:
             query = query.where(RequestRow.state == state.value)
-            matching = matching.where(RequestRow.state == state.value)
         query = query.order_by(RequestRow.submitted_at, RequestRow.request_id)
-        count = select(func.count()).select_from(matching.limit(count_up_to + 1).subquery())
         with self._sessions() as session:
-            rows = session.scalars(query.limit(limit).offset(offset)).all()
-            total = session.scalar(count) or 0
-            return [_record(row) for row in rows], (total if total <= count_up_to else None)
+            return [_record(row) for row in session.scalars(query.limit(limit).offset(offset))]
+
+    @_translate_db_errors
+    def count(self, state: DriverState | None, up_to: int) -> int | None:
+        """How many records match: exact up to ``up_to``, None beyond, so a count never reads
+        the whole history."""
+        matching = select(RequestRow.request_id)
+        if state is not None:
+            matching = matching.where(RequestRow.state == state.value)
+        query = select(func.count()).select_from(matching.limit(up_to + 1).subquery())
+        with self._sessions() as session:
+            total = session.scalar(query) or 0
+        return total if total <= up_to else None
 
     @_translate_db_errors
     def record_poll(

@@ -45,7 +45,8 @@ def test_crash_between_create_and_commit(
     svc.kill9()
     caller.join()
 
-    svc = start_service(POLLER_SPARK_REST_URL=spark.rest_url)
+    # Resolved once older than any create could last (a short Spark timeout keeps that short).
+    svc = start_service(POLLER_SPARK_REST_URL=spark.rest_url, POLLER_SPARK_TIMEOUT_S="2")
     [event] = events.wait_for_keys({"mid-create"})["mid-create"]
     assert event.value["state"] == "SUBMIT_UNKNOWN"
     assert event.value["submission_id"] is None
