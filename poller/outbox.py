@@ -81,7 +81,6 @@ class Outbox:
             if request_id in self._in_flight or request_id in self._unsettled:
                 return
             self._in_flight[request_id] = (time.monotonic(), None)
-            self._delivered.setdefault(request_id, threading.Event())
         try:
             producer = self.publisher.send(
                 completion_event(record), lambda err: self._reports.put((request_id, err))
@@ -97,10 +96,19 @@ class Outbox:
                     self._in_flight[request_id] = (self._in_flight[request_id][0], producer)
 
     def wait_published(self, request_id: str, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for the event of an offered request to be confirmed."""
+        """Wait up to ``timeout_s`` for the event of an offered request to be confirmed here.
+
+        False also when it was settled before the wait began: the caller reads the record."""
         with self._lock:
-            delivered = self._delivered.get(request_id)
-        return delivered is not None and delivered.wait(timeout_s)
+            if request_id not in self._in_flight and request_id not in self._unsettled:
+                return False
+            delivered = self._delivered.setdefault(request_id, threading.Event())
+        settled = delivered.wait(timeout_s)
+        if not settled:
+            with self._lock:
+                if self._delivered.get(request_id) is delivered:
+                    del self._delivered[request_id]
+        return settled
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Settle the reports already received (the caller flushed the producer), then stop."""

@@ -52,6 +52,11 @@ class ResilientScheduler(BackgroundScheduler):  # type: ignore[misc]
             return None
         try:
             wait_s: float | None = super()._process_jobs()
+        except JobLookupError as exc:
+            # Another process (a standby serving a cancel) removed a job this pass was running:
+            # nothing is wrong; finish the pass now rather than after the store-error pause.
+            logger.debug("a job went away during a scheduler pass: %s", exc)
+            return 0
         except Exception:
             logger.exception(
                 "job store error in the scheduler loop; retrying in %.0fs", STORE_RETRY_S

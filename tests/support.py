@@ -212,7 +212,27 @@ def driver_state(spark: SparkStandalone, submission_id: str) -> str | None:
     return str(state) if state is not None else None
 
 
-class DelayingProxy:
+class LoopbackServer:
+    """An HTTP server of a test's own on a free loopback port, in a daemon thread."""
+
+    port: int
+    server: http.server.ThreadingHTTPServer
+
+    def serve(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class DelayingProxy(LoopbackServer):
     """A loopback HTTP proxy to a real server that holds back answers to chosen paths.
 
     It opens the window between "Spark did it" and "we heard about it", where a crash or a
@@ -223,7 +243,6 @@ class DelayingProxy:
         self.target = target.rstrip("/")
         self.slow_path = slow_path
         self.delay_s = delay_s
-        self.port = free_port()
         self.lock = threading.Lock()
         self.arrived = 0  # calls to the slow path so far
         self.holding = 0  # of which still unanswered
@@ -260,17 +279,7 @@ class DelayingProxy:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 # Spark's own words (Master.scala, Utils.BACKUP_STANDALONE_MASTER_PREFIX) when it is not ALIVE.
@@ -282,7 +291,7 @@ NOT_ALIVE_REASONS = {
 }
 
 
-class NotAliveProxy:
+class NotAliveProxy(LoopbackServer):
     """A loopback HTTP proxy to a real Spark REST server that, while ``state`` is set, answers
     like a master in that recovery state (STANDBY, RECOVERING): HTTP 200, ``success: false`` and
     Spark's not-alive message, in the JSON shape Spark uses for each action.
@@ -296,7 +305,6 @@ class NotAliveProxy:
     def __init__(self, target: str, state: str | None = None) -> None:
         self.target = target.rstrip("/")
         self.state = state
-        self.port = free_port()
         self.seen: dict[str, int] = {}
         self.not_alive: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -342,13 +350,7 @@ class NotAliveProxy:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self.serve(Handler)
 
     def count(self, action: str, not_alive: bool) -> None:
         """Count one answered call, and whether it said the master is not alive."""
@@ -400,7 +402,3 @@ class NotAliveProxy:
             f"{self.target}/v1/submissions/readyz", headers=headers, timeout=30
         ).json()
         return str(answer.get("serverSparkVersion", ""))
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
