@@ -46,6 +46,7 @@ lint: deps
 
 bench: java deps
 	$(PY) bench/latency.py
+	$(PY) bench/sqlite_sync.py
 
 clean:
 	rm -rf $(VENV) .demo *.egg-info .pytest_cache .mypy_cache .ruff_cache
