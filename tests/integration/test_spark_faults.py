@@ -94,7 +94,12 @@ def test_cancel_with_kill_of_a_driver_spark_forgot(
     """The master restarted without recovery and no longer knows the driver: the user's cancel
     still ends CANCELLED (not LOST from the confirmation's own status calls)."""
     svc = start_service(
-        POLLER_SPARK_REST_URL=own_spark.rest_url, POLLER_SPARK_MASTER_URL=own_spark.master_url
+        POLLER_SPARK_REST_URL=own_spark.rest_url,
+        POLLER_SPARK_MASTER_URL=own_spark.master_url,
+        # Room for the polls while the master restarts; the cancel's own status calls used to
+        # use it up and end the request LOST before the kill deadline.
+        POLLER_LOST_AFTER_UNKNOWN_POLLS="60",
+        POLLER_KILL_CONFIRM_TIMEOUT_S="300",
     )
     answer = svc.post("/submit", json={"request_id": "forgot", "job": job_body(seconds=300)})
     assert answer.status_code == 202, answer.text
@@ -112,3 +117,4 @@ def test_cancel_with_kill_of_a_driver_spark_forgot(
     [event] = events.wait_for_keys({"forgot"}, timeout_s=60)["forgot"]
     assert event.value["state"] == "CANCELLED", event.value
     assert "cancelled by request" in event.value["message"]
+    assert "Spark no longer knows it" in event.value["message"]
