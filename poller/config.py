@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -224,6 +224,20 @@ class Settings(BaseSettings):
     max_tracking_s: PositiveSeconds | None = None
     kill_on_timeout: bool = False
     kill_confirm_timeout_s: PositiveSeconds = 60.0
+
+    # Operations.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # One JSON object per line for log shippers; "text" for humans at a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # Bring our tables to the current schema at start (alembic); off when a deploy step does it.
+    auto_migrate: bool = True
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_blind(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
 
     @field_validator("clusters", mode="before")
     @classmethod

@@ -72,3 +72,6 @@ class RequestRow(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     event_id: Mapped[str | None] = mapped_column(String(36))
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # W3C trace context of the submit call, carried by the event (CloudEvents distributed tracing).
+    traceparent: Mapped[str | None] = mapped_column(String(55))
+    tracestate: Mapped[str | None] = mapped_column(String(512))
