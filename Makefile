@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench java postgres deps clean
+.PHONY: demo test lint bench java postgres deps tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update -qq && \
@@ -16,6 +16,16 @@ $(STAMP): pyproject.toml
 	touch $@
 
 deps: $(STAMP)
+
+# The checkers of deploy/ (checkov, kubernetes-validate, promtool, kubectl with kustomize), in a
+# virtualenv of their own: deploy/tools/install.sh says where each comes from.
+TOOLS_STAMP := .venv-tools/.installed
+
+$(TOOLS_STAMP): deploy/tools/install.sh deploy/tools/requirements.txt
+	PYTHON=$(PYTHON) bash deploy/tools/install.sh .venv-tools
+	touch $@
+
+tools: $(TOOLS_STAMP)
 
 # Java 17 runs the local Spark cluster; installed from the distribution when absent.
 java:
@@ -33,10 +43,12 @@ postgres:
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	fi
 
+# Fixed ports (DEMO_PORT=8000, DEMO_SPARK_REST_PORT=6066, DEMO_SPARK_MASTER_PORT=7077,
+# DEMO_KAFKA_PORT=9092); starts fresh: `make demo ARGS=--keep` keeps .demo/ from the last run.
 demo: java deps
-	$(PY) -m poller.devstack demo
+	$(PY) -m poller.devstack demo $(ARGS)
 
-test: java postgres deps
+test: java postgres deps tools
 	$(PY) -m pytest
 
 lint: deps
@@ -48,5 +60,9 @@ bench: java deps
 	$(PY) bench/latency.py
 	$(PY) bench/sqlite_sync.py
 
+# Everything the project makes: virtualenvs, the demo's state, build output, caches, and the
+# SQLite files of a `spark-poller serve` run here with the default POLLER_DATABASE_URL.
 clean:
-	rm -rf $(VENV) .demo *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache \
+		.coverage htmlcov poller.db poller.db-wal poller.db-shm poller.db.lease
+	find . -name .git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -7,16 +7,19 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import SecretStr
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poller.errors import (
@@ -31,6 +34,7 @@ from poller.errors import (
     SubmissionUnknown,
     Unauthorized,
 )
+from poller.metrics import HTTP_REQUESTS, HTTP_SECONDS, exposition
 from poller.schemas import (
     REQUEST_ID_PATTERN,
     DriverState,
@@ -40,6 +44,7 @@ from poller.schemas import (
     Phase,
     SubmitRequest,
     SubmitResponse,
+    trace_context,
 )
 from poller.service import Service
 
@@ -49,7 +54,10 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_OFFSET = 2**31 - 1  # databases reject larger OFFSETs
 SPARK_CLIENT_ERRORS = frozenset({400, 413})
 NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
-HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+# Open to probes and scrapers unless POLLER_HEALTH_REQUIRES_TOKEN.
+HEALTH_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UNMATCHED_ROUTE = "<unmatched>"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNAUTHORIZED = "missing or wrong bearer token"
 
 ERROR_STATUS: list[tuple[type[PollerError], int]] = [
@@ -139,6 +147,50 @@ async def send_error(
     await send({"type": "http.response.body", "body": payload})
 
 
+class HttpMetrics:
+    """Counts and times every request by route template (never the raw path: ids in paths would
+    make a series per request), including those turned away before the app (401, 413)."""
+
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes  # for requests the app never routed (refused before, or no route)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # A client may send any method name: only standard ones become label values.
+        method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+        status = 500
+        started = time.perf_counter()
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = self._template(scope)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_SECONDS.labels(method, route).observe(time.perf_counter() - started)
+
+    def _template(self, scope: Scope) -> str:
+        routed = scope.get("route")  # set by the router on the way in
+        if routed is not None and hasattr(routed, "path"):
+            return str(routed.path)
+        partial = None
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", UNMATCHED_ROUTE))
+            if match == Match.PARTIAL and partial is None:  # the path, not the method
+                partial = str(getattr(route, "path", UNMATCHED_ROUTE))
+        return partial or UNMATCHED_ROUTE
+
+
 class BearerAuth:
     """Answers 401 unless the request carries ``Authorization: Bearer <POLLER_API_TOKEN>``.
 
@@ -205,9 +257,17 @@ health_router = APIRouter()
 
 
 @jobs_router.post("/submit", status_code=202)
-def submit(body: SubmitRequest, svc: ServiceDep) -> SubmitResponse:
-    """Submit a Spark job (``job``) or adopt a driver (``submission_id``), then poll it."""
-    return svc.jobs.submit(body)
+def submit(
+    body: SubmitRequest,
+    svc: ServiceDep,
+    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
+    tracestate: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> SubmitResponse:
+    """Submit a Spark job (``job``) or adopt a driver (``submission_id``), then poll it.
+
+    A W3C ``traceparent`` (and ``tracestate``) header is carried by the completion event as the
+    CloudEvents ``ce_traceparent``/``ce_tracestate`` headers; an invalid one is ignored."""
+    return svc.jobs.submit(body, trace_context(traceparent, tracestate))
 
 
 @jobs_router.get("/jobs/{request_id}")
@@ -254,6 +314,13 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "failing", "detail": svc.fatal}, status_code=503)
 
 
+@health_router.get("/metrics", include_in_schema=False)
+async def metrics(_request: Request) -> Response:
+    """Prometheus metrics (text exposition format); no I/O: store figures are sampled."""
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)
+
+
 @health_router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """200 when the database, the Kafka broker and the scheduler all work; 503 says which not.
@@ -298,7 +365,10 @@ def create_app(service: Service) -> FastAPI:
         finally:
             service.stop()
 
-    app = FastAPI(
+    # /docs and /redoc from the Swagger UI and ReDoc files the package ships: no CDN, so they
+    # work offline. No validator badge: it would send the document's URL to a public service.
+    app = FastAPIOffline(
+        swagger_ui_parameters={"validatorUrl": None},
         title="spark-poller",
         summary="Submits Spark jobs, polls them, publishes one completion event each to Kafka.",
         lifespan=lifespan,
@@ -323,6 +393,10 @@ def create_app(service: Service) -> FastAPI:
         open_paths=frozenset() if settings.health_requires_token else HEALTH_PATHS,
     )
 
+    # Outermost of all: requests refused by the layers above are counted too.
+    routes: list[BaseRoute] = []  # filled below, once every route is in place
+    app.add_middleware(HttpMetrics, routes=routes)
+
     app.state.service = service
 
     @app.exception_handler(RequestValidationError)
@@ -346,4 +420,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(
         health_router, dependencies=documented if settings.health_requires_token else []
     )
+    routes += [route for route in app.routes if isinstance(route, Route | Mount)]
+    routes += [*jobs_router.routes, *health_router.routes]
     return app

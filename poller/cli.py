@@ -1,145 +1,68 @@
-"""Command line: ``spark-poller serve`` runs the HTTP API and the poll scheduler in one process."""
+"""Command line (typer wiring only): ``spark-poller serve | check | jobs ... | db ... | events tail
+| event-schema``. The work is done in server.py, checks.py, client.py, tail.py and migrate.py."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
-import signal
-import socket
 import sys
-from collections.abc import Callable, Iterable
-from urllib.parse import unquote, urlsplit
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
 
 import typer
-import uvicorn
-from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from pydantic import SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
-from poller.api import create_app
+from poller import display
+from poller.client import DEFAULT_URL, EXIT_CODES_HELP, ApiClient, ApiError
 from poller.config import Settings
-from poller.errors import PollerError
-from poller.schemas import event_json_schema
-from poller.service import Service
+from poller.masking import Masker, describe_failure, secret_values
+from poller.schemas import DriverState, event_json_schema
+
+EXIT_INVALID_CONFIG = 2
+JOBS_PAGE = 50
 
 app = typer.Typer(
     help="Submit Spark jobs, poll them, publish their completion events to Kafka.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain help text: the settings table in `serve --help` keeps its lines as written.
+    rich_markup_mode=None,
     # A traceback with local variables shows database URLs and Kafka passwords: never print one.
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
 )
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FAILED_LIFESPAN = {
-    "lifespan.startup.failed": "cannot start",
-    "lifespan.shutdown.failed": "stop failed",
-}
-MAX_CAUSES = 20
-
-logger = logging.getLogger(__name__)
-
-
-class LifespanReport:
-    """Reports a failed start (or stop) of the app as one line instead of a traceback.
-
-    Starlette hands uvicorn the whole traceback of a failing lifespan to log: pages that bury
-    the reason, with foreign exception texts that may quote connection settings.
-    """
-
-    def __init__(self, app: ASGIApp, secrets: list[str]) -> None:
-        self.app = app
-        self.secrets = secrets
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-        failed: list[str] = []
-
-        async def without_traceback(message: Message) -> None:
-            if message["type"] in FAILED_LIFESPAN:
-                failed.append(FAILED_LIFESPAN[message["type"]])
-                message = {"type": message["type"], "message": ""}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, without_traceback)
-        except Exception as exc:
-            if not failed:
-                raise
-            # Starlette told uvicorn before raising: uvicorn stops (non-zero) without a word more.
-            logger.critical("%s: %s", failed[0], describe_failure(exc, self.secrets))
+jobs_app = typer.Typer(
+    help=(
+        "Look at and cancel the requests of a running service, through its API (--url, or"
+        " POLLER_URL; the bearer token from POLLER_API_TOKEN).\n\n" + EXIT_CODES_HELP
+    ),
+    no_args_is_help=True,
+)
+db_app = typer.Typer(
+    help="The database schema of our tables (alembic revisions), on POLLER_DATABASE_URL.",
+    no_args_is_help=True,
+)
+events_app = typer.Typer(help="The completion events on POLLER_KAFKA_TOPIC.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(db_app, name="db")
+app.add_typer(events_app, name="events")
 
 
-def describe_failure(exc: BaseException, secrets: Iterable[str]) -> str:
-    """One line: the error, the first line of its root cause, and no known secret."""
-    text = exc.message if isinstance(exc, PollerError) else f"{type(exc).__name__}: {exc}"
-    root = exc
-    for _ in range(MAX_CAUSES):
-        cause = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
-        if cause is None:
-            break
-        root = cause
-    if root is not exc:
-        lines = str(root).strip().splitlines()
-        text += f" ({lines[0] if lines else type(root).__name__})"
-    text = " ".join(text.split())
-    for secret in sorted(secrets, key=len, reverse=True):
-        # Whole words only: a short secret must not garble the words that happen to hold it.
-        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
-    return text
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """Every secret in the configuration, with the password inside the database URL."""
-    url = settings.database_url.get_secret_value()
-    values = [url]
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        values += [password, unquote(password)]
-    held = [
-        settings.api_token,
-        settings.kafka_sasl_password,
-        settings.spark_jws_secret,
-        *settings.kafka_extra_config.values(),
-        *(cluster.jws_secret for cluster in settings.clusters.values()),
-    ]
-    values += [secret.get_secret_value() for secret in held if secret is not None]
-    return [value for value in values if value]
-
-
-class BoundServer(uvicorn.Server):
-    """Calls ``on_bound`` once the listening socket is bound: a process that cannot serve its
-    port (another one holds it) never starts scheduling."""
-
-    def __init__(self, config: uvicorn.Config, on_bound: Callable[[], None]) -> None:
-        super().__init__(config)
-        self.on_bound = on_bound
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and not self.should_exit:
-            self.on_bound()
-
-
-@app.callback()
-def main() -> None:
-    """spark-poller."""
+# -- settings ------------------------------------------------------------------------------------
 
 
 def load_settings() -> Settings:
+    """The settings, or one line naming each bad variable and exit 2 (no value is quoted)."""
     try:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(_problem(err["loc"], err["msg"]) for err in exc.errors())
         typer.echo(f"invalid configuration: {problems}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_INVALID_CONFIG) from None
 
 
 def _problem(loc: tuple[int | str, ...], msg: str) -> str:
@@ -148,51 +71,349 @@ def _problem(loc: tuple[int | str, ...], msg: str) -> str:
     return msg if msg.startswith(name) else f"{name}: {msg}"
 
 
+def default_text(field: FieldInfo) -> str:
+    """A setting's default as it would be written in its variable."""
+    value: Any = field.default
+    if value is PydanticUndefined and field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()  # a default is never a secret
+    if value is None or value == []:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, tuple):
+        return ",".join(str(item).rstrip("/") for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def settings_help() -> str:
+    """Every POLLER_* variable, its default and meaning: one line each, from Settings."""
+    rows = [
+        (f"POLLER_{name.upper()}", default_text(field), field.description or "")
+        for name, field in Settings.model_fields.items()
+    ]
+    name_width = max(len(row[0]) for row in rows)
+    default_width = max(len(row[1]) for row in rows)
+    lines = [f"{n:<{name_width}}  {d:<{default_width}}  {m}".rstrip() for n, d, m in rows]
+    return "\b\n" + "\n".join(lines)
+
+
+def _quiet_logging(settings: Settings) -> None:
+    """A tool's own output says what failed; libraries' complaints go to stderr, masked, and
+    only when serious."""
+    from poller.logs import configure_logging
+
+    configure_logging("ERROR", "text", secret_values(settings), stream=sys.stderr)
+
+
+# -- top level -----------------------------------------------------------------------------------
+
+
+def _version(show: bool) -> None:
+    if show:
+        try:
+            typer.echo(f"spark-poller {version('spark-poller')}")
+        except PackageNotFoundError:
+            typer.echo("spark-poller (version unknown: not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Submit Spark jobs, poll them, publish their completion events to Kafka."""
+
+
+SERVE_HELP = f"""Run the API and the scheduler (one process per job store; no uvicorn workers).
+
+Settings come from POLLER_* environment variables; an invalid one stops the start with a line
+naming it (exit 2). Logs go to stdout, one JSON object per line (POLLER_LOG_FORMAT=text for
+humans). SIGTERM or Ctrl-C stops cleanly (exit 0); a fatal error exits 1.
+
+Variables, defaults and meanings:
+
+{settings_help()}
+"""
+
+
+@app.command(help=SERVE_HELP)
+def serve() -> None:
+    settings = load_settings()
+    from poller import server  # the web stack, only for the command that serves
+
+    server.run(settings)
+
+
+@app.command()
+def check() -> None:
+    """Validate the configuration and reach every dependency once: the database (SELECT 1), the
+    Kafka broker (metadata; the topic exists) and each Spark master of each cluster (its REST
+    server answers; the master is ALIVE, or STANDBY beside an ALIVE one).
+
+    Prints one line per dependency, "ok" or "FAIL" and why (secrets masked). Exit codes: 0 all
+    ok; 1 a dependency failed; 2 invalid configuration.
+    """
+    from poller.checks import run_checks
+
+    settings = load_settings()
+    _quiet_logging(settings)
+    results = run_checks(settings)
+    for result in results:
+        typer.echo(result.line())
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)
+
+
 @app.command("event-schema")
 def event_schema() -> None:
     """Print the JSON Schema of the completion event's value."""
     typer.echo(json.dumps(event_json_schema(), indent=2))
 
 
-@app.command()
-def serve(log_level: str = typer.Option("INFO", envvar="POLLER_LOG_LEVEL")) -> None:
-    """Run the API and the scheduler (one process per job store; no uvicorn workers)."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    # APScheduler logs every run at INFO; our poll job logs what matters.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    settings = load_settings()
-    secrets = secret_values(settings)
+# -- jobs ----------------------------------------------------------------------------------------
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="POLLER_URL", help="Base URL of the running service's API."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON, not a table.")]
+RequestIdArgument = Annotated[str, typer.Argument(help="The request's request_id.")]
+
+
+@contextmanager
+def _api(url: str) -> Iterator[ApiClient]:
+    """A client of the service; an API failure ends the command with one line and its code."""
+    client = ApiClient(url, os.environ.get("POLLER_API_TOKEN") or None)
     try:
-        service = Service(settings)
-    except Exception as exc:
-        logger.critical("cannot start: %s", describe_failure(exc, secrets))
-        raise typer.Exit(1) from None
-    server = BoundServer(
-        uvicorn.Config(
-            LifespanReport(create_app(service), secrets),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        ),
-        on_bound=service.activate,
+        yield client
+    except ApiError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    finally:
+        client.close()
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@jobs_app.command("list", epilog=EXIT_CODES_HELP)
+def jobs_list(
+    state: Annotated[
+        DriverState | None,
+        typer.Option(case_sensitive=False, help="Only requests in this state."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Show at most this many requests, oldest first.")
+    ] = JOBS_PAGE,
+    every: Annotated[
+        bool, typer.Option("--all", help="Show every matching request (overrides --limit).")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """List tracked requests, oldest first, following the API's pages (next_offset)."""
+    with _api(url) as api:
+        listing = api.list_jobs(None if state is None else state.value, None if every else limit)
+    if as_json:
+        _print_json(
+            {"items": listing.items, "total": listing.total, "next_offset": listing.next_offset}
+        )
+        return
+    if listing.items:
+        typer.echo(display.jobs_table(listing.items))
+    footer = display.listing_footer(
+        len(listing.items), listing.total, listing.next_offset is not None
     )
+    typer.echo(footer, err=True)
 
-    def stop_server(_reason: str) -> None:
-        server.should_exit = True
 
-    service.on_fatal = stop_server
-    # uvicorn re-raises SIGTERM once its graceful shutdown is done; that stop is a clean exit.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1 if service.fatal else 0))
+@jobs_app.command("show", epilog=EXIT_CODES_HELP)
+def jobs_show(
+    request_id: RequestIdArgument, url: UrlOption = DEFAULT_URL, as_json: JsonOption = False
+) -> None:
+    """Show one request's record: state, phase, Spark's last answer, times, event id."""
+    with _api(url) as api:
+        record = api.job(request_id)
+    if as_json:
+        _print_json(record)
+    else:
+        typer.echo(display.job_details(record))
+
+
+CANCEL_PHASES = {
+    "done": "cancelled; its CANCELLED event is published",
+    "cancelling": "kill sent; the CANCELLED event follows once Spark confirms the driver ended",
+    "publishing": "cancelled; its CANCELLED event awaits Kafka's ack",
+}
+
+
+@jobs_app.command("cancel", epilog=EXIT_CODES_HELP)
+def jobs_cancel(
+    request_id: RequestIdArgument,
+    kill: Annotated[
+        bool,
+        typer.Option(
+            "--kill",
+            help="Ask Spark to kill the driver first; the event waits for Spark to confirm.",
+        ),
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop polling a request and publish its CANCELLED event (DELETE /jobs/REQUEST_ID)."""
+    with _api(url) as api:
+        record = api.cancel(request_id, kill)
+    if as_json:
+        _print_json(record)
+        return
+    phase = str(record.get("phase"))
+    typer.echo(f"{request_id}: {CANCEL_PHASES.get(phase, f'phase {phase}')}")
+    typer.echo(display.job_details(record))
+
+
+# -- db ------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[Any]:
+    """The engine, and a failure as one line (the URL never in it) and exit 1."""
+    from poller.db import create_db_engine
+
+    masker = Masker(secret_values(settings))
     try:
-        server.run()
-        code = 1 if service.fatal is not None or not server.started else 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    # Everything is stopped and flushed: leave now rather than wait at exit for a worker thread
-    # still inside a network call (each is bounded, but the stop must not wait for them).
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        engine = create_db_engine(
+            settings.database_url.get_secret_value(),
+            pool_size=1,
+            timeout_s=settings.database_timeout_s,
+        )
+    except Exception as exc:
+        typer.echo(f"error: {describe_failure(exc, masker)}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        yield engine
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        typer.echo(f"error: {describe_failure(exc, masker)}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring our tables to this version's schema revision (safe to run from several processes
+    at once; a database already there is left alone). Prints the revision.
+
+    Exit codes: 0 done; 1 failed (the database unreachable, or ahead of this version); 2
+    invalid configuration.
+    """
+    from poller import migrate
+
+    settings = load_settings()
+    _quiet_logging(settings)
+    with _database(settings) as engine:
+        revision = migrate.upgrade(engine)
+    typer.echo(f"database schema at revision {revision} (head)")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the one this version needs (head).
+
+    Exit codes: 0 read (whatever the revision); 1 the database could not be read; 2 invalid
+    configuration.
+    """
+    from poller import migrate
+    from poller.checks import missing_sqlite_file
+
+    settings = load_settings()
+    _quiet_logging(settings)
+    head = migrate.head()
+    if missing_sqlite_file(settings.database_url.get_secret_value()):
+        typer.echo(f"current: none (no database file yet)\nhead: {head}")
+        return
+    with _database(settings) as engine:
+        revision = migrate.current(engine)
+    if revision == head:
+        typer.echo(f"current: {revision} (head)")
+    elif revision is None:
+        typer.echo(
+            f"current: none (empty, or tables of a release before migrations)\nhead: {head}"
+            "\nrun `spark-poller db upgrade` (or start with POLLER_AUTO_MIGRATE=true)"
+        )
+    else:
+        typer.echo(
+            f"current: {revision}\nhead: {head}\nrun `spark-poller db upgrade` (or start with"
+            " POLLER_AUTO_MIGRATE=true)"
+        )
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+@events_app.command("tail")
+def events_tail(
+    from_beginning: Annotated[
+        bool,
+        typer.Option(
+            "--from-beginning", help="Start at the oldest event kept, not at the next one."
+        ),
+    ] = False,
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", help="Only this request's events (the key).")
+    ] = None,
+    max_events: Annotated[
+        int | None, typer.Option("--max", min=1, help="Stop after this many events.")
+    ] = None,
+    timeout_s: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.1, help="Stop after this many seconds."),
+    ] = None,
+) -> None:
+    """Print completion events from POLLER_KAFKA_TOPIC as JSON lines: key, value, headers
+    (ce_*), partition, offset, timestamp. Uses the service's Kafka settings (security
+    included) and commits no offset: a viewer.
+
+    Exit codes: 0 stopped (--max reached, --timeout passed, or Ctrl-C); 1 the broker
+    unreachable, the topic missing, or --timeout passed before --max events came; 2 invalid
+    configuration.
+    """
+    from poller.tail import TailError, tail
+
+    settings = load_settings()
+    _quiet_logging(settings)
+
+    def show(line: str) -> None:
+        typer.echo(line)
+        sys.stdout.flush()
+
+    try:
+        shown = tail(
+            settings,
+            show,
+            from_beginning=from_beginning,
+            request_id=request_id,
+            max_events=max_events,
+            timeout_s=timeout_s,
+        )
+    except TailError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        return
+    if max_events is not None and timeout_s is not None and shown < max_events:
+        typer.echo(f"timed out after {timeout_s:g}s: {shown} of {max_events} event(s)", err=True)
+        raise typer.Exit(1)

@@ -171,66 +171,141 @@ class Settings(BaseSettings):
         env_prefix="POLLER_", extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    database_url: SecretStr = SecretStr("sqlite:///./poller.db")
+    host: str = Field("127.0.0.1", description="address the API listens on")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="port the API listens on")
+    database_url: SecretStr = Field(
+        SecretStr("sqlite:///./poller.db"),
+        description="requests and poll jobs; postgresql+psycopg://user:pw@host/db in production",
+    )
     # Bounds every database wait (connect, pool, lock, statement, a server that stopped answering).
-    database_timeout_s: PositiveSeconds = 3.0
+    database_timeout_s: PositiveSeconds = Field(
+        3.0, description="bounds every database wait: pool, connect, locks, statements, round trips"
+    )
 
     # API access: a bearer token, compared in constant time; health stays open unless asked.
-    api_token: SecretStr | None = None
-    health_requires_token: bool = False
+    api_token: SecretStr | None = Field(
+        None, description="bearer token the API requires (unset: no authentication)"
+    )
+    health_requires_token: bool = Field(
+        False, description="also require the API token for /healthz and /readyz"
+    )
 
-    kafka_bootstrap_servers: str = "localhost:9092"
-    kafka_topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")] = "spark-job-completions"
-    kafka_delivery_timeout_s: PositiveSeconds = 15.0
-    kafka_security_protocol: str | None = None
-    kafka_sasl_mechanism: str | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_ca_location: str | None = None
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", description="Kafka brokers (host:port, comma-separated)"
+    )
+    kafka_topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")] = Field(
+        "spark-job-completions", description="topic for completion events (create it beforehand)"
+    )
+    kafka_delivery_timeout_s: PositiveSeconds = Field(
+        15.0, description="how long one publish waits for the broker's ack"
+    )
+    kafka_security_protocol: str | None = Field(
+        None, description="librdkafka security.protocol, e.g. SASL_SSL"
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="librdkafka sasl.mechanism, e.g. SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str | None = Field(None, description="librdkafka sasl.username")
+    kafka_sasl_password: SecretStr | None = Field(None, description="librdkafka sasl.password")
+    kafka_ssl_ca_location: str | None = Field(None, description="librdkafka ssl.ca.location")
     # Any other librdkafka producer setting, as a JSON object; values are treated as secrets.
-    kafka_extra_config: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
-    event_source: Annotated[str, Field(min_length=1, max_length=1024)] = "spark-poller"
+    kafka_extra_config: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="any other librdkafka setting, as a JSON object (values held as secrets)",
+    )
+    event_source: Annotated[str, Field(min_length=1, max_length=1024)] = Field(
+        "spark-poller", description="CloudEvents source attribute of the events"
+    )
 
     # One REST URL, or several comma-separated (standalone HA: one per master).
-    spark_rest_url: Annotated[RestUrls, NoDecode] = (AnyHttpUrl("http://localhost:6066"),)
-    spark_master_url: SparkMasterUrl = "spark://localhost:7077"
-    spark_jws_secret: SecretStr | None = None
-    clusters: Annotated[dict[str, ClusterConfig], NoDecode] = Field(default_factory=dict)
-    spark_timeout_s: PositiveSeconds = 10.0
-    spark_client_version: str = "4.3.0"
+    spark_rest_url: Annotated[RestUrls, NoDecode] = Field(
+        (AnyHttpUrl("http://localhost:6066"),),
+        description="REST URL of cluster default (several, comma-separated, with standby masters)",
+    )
+    spark_master_url: SparkMasterUrl = Field(
+        "spark://localhost:7077",
+        description="master URL for drivers of default; spark://h1:7077,h2:7077 with standbys",
+    )
+    spark_jws_secret: SecretStr | None = Field(
+        None, description="JWSFilter secretKey of the 'default' masters (base64url, 32+ bytes)"
+    )
+    clusters: Annotated[dict[str, ClusterConfig], NoDecode] = Field(
+        default_factory=dict,
+        description='more clusters, JSON: {"name": {"rest_url": ..., "master_url": ...}}',
+    )
+    spark_timeout_s: PositiveSeconds = Field(10.0, description="timeout of each Spark REST call")
+    spark_client_version: str = Field("4.3.0", description="clientSparkVersion sent on submit")
     # Regular expressions; when set, a job's app_resource must fully match one of them, and so
     # must every resource its properties make the driver load (poller/admission.py).
-    allowed_app_resources: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_app_resources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="regexes every resource a job loads must match (unset: callers are trusted)",
+    )
     # Under that allow-list, what callers may still set although it loads code from elsewhere:
     # property names, environment variable names, main class regular expressions.
-    allowed_spark_properties: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    allowed_environment_variables: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    allowed_main_classes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_spark_properties: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="under the allow-list, code-loading properties callers may still set",
+    )
+    allowed_environment_variables: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="under the allow-list, code-loading variables a job may still set",
+    )
+    allowed_main_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="under the allow-list, regexes main_class must match"
+    )
 
-    poll_interval_seconds: PositiveSeconds = 30.0
-    scheduler_threads: Annotated[int, Field(ge=1, le=256)] = 10
+    poll_interval_seconds: PositiveSeconds = Field(
+        30.0, description="seconds between status polls of one driver"
+    )
+    scheduler_threads: Annotated[int, Field(ge=1, le=256)] = Field(
+        10, description="poll runs in parallel"
+    )
     # Worker threads for the API's blocking handlers (health never needs one).
-    api_threads: Annotated[int, Field(ge=1, le=1024)] = 40
+    api_threads: Annotated[int, Field(ge=1, le=1024)] = Field(
+        40, description="worker threads for the API's blocking handlers"
+    )
     # Clusters taken out of POLLER_CLUSTERS on purpose: their requests in flight end LOST.
-    retired_clusters: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    reconcile_interval_s: PositiveSeconds = 60.0
-    shutdown_timeout_s: PositiveSeconds = 15.0
+    retired_clusters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="clusters removed on purpose (comma-separated): their requests end LOST",
+    )
+    reconcile_interval_s: PositiveSeconds = Field(
+        60.0, description="how often poll jobs are checked against request records"
+    )
+    shutdown_timeout_s: PositiveSeconds = Field(
+        15.0, description="how long a stop waits for running polls"
+    )
 
     # When to give up on a driver.
-    lost_after_unknown_polls: Annotated[int, Field(ge=1)] = 10
-    max_submitted_s: PositiveSeconds | None = None
-    max_tracking_s: PositiveSeconds | None = None
-    kill_on_timeout: bool = False
-    kill_confirm_timeout_s: PositiveSeconds = 60.0
+    lost_after_unknown_polls: Annotated[int, Field(ge=1)] = Field(
+        10, description="consecutive 'unknown driver' answers before LOST"
+    )
+    max_submitted_s: PositiveSeconds | None = Field(
+        None, description="longest wait in SUBMITTED before TIMED_OUT (unset: no limit)"
+    )
+    max_tracking_s: PositiveSeconds | None = Field(
+        None, description="longest tracking of one request before TIMED_OUT (unset: no limit)"
+    )
+    kill_on_timeout: bool = Field(False, description="kill the driver when it times out")
+    kill_confirm_timeout_s: PositiveSeconds = Field(
+        60.0, description="how long DELETE ?kill=true waits for Spark to confirm"
+    )
 
     # Operations.
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
     # One JSON object per line for log shippers; "text" for humans at a terminal.
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json (one object per line, for log shippers) or text (for humans)"
+    )
     # Bring our tables to the current schema at start (alembic); off when a deploy step does it.
-    auto_migrate: bool = True
+    auto_migrate: bool = Field(
+        True, description="bring the database schema up to date at start (alembic)"
+    )
+    # Off by default: the API's own lines say what matters; one line per call is for debugging.
+    access_log: bool = Field(False, description="log one line per HTTP request (uvicorn's)")
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -139,17 +140,22 @@ class SparkStandalone:
         memory: str = "8g",
         extra_conf: dict[str, str] | None = None,
         jws_secret: str | None = None,
+        master_port: int | None = None,
+        rest_port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.cores = cores
         self.memory = memory
         self.extra_conf = dict(extra_conf or {})
+        # Added to the daemons' environment, which the drivers they launch inherit.
+        self.extra_env = dict(env or {})
         self.jws_secret = jws_secret
         if jws_secret is not None:  # the REST server then demands a signed bearer token
             self.extra_conf["spark.master.rest.filters"] = "org.apache.spark.ui.JWSFilter"
             self.extra_conf["spark.org.apache.spark.ui.JWSFilter.param.secretKey"] = jws_secret
-        self.master_port = free_port()
-        self.rest_port = free_port()
+        self.master_port = master_port or free_port()
+        self.rest_port = rest_port or free_port()
         self.master_ui_port = free_port()
         self.worker_port = free_port()
         self.worker_ui_port = free_port()
@@ -194,6 +200,7 @@ class SparkStandalone:
             SPARK_LOG_DIR=str(self.workdir / "logs"),
             SPARK_NO_DAEMONIZE="1",
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> SparkStandalone:
@@ -461,79 +468,264 @@ def _print_json(label: str, payload: object) -> None:
     print(f"{label}\n{json.dumps(payload, indent=2, sort_keys=True)}", flush=True)
 
 
-SAMPLE_JOB = """\
-import sys, time
-print("sample job: working for", sys.argv[1], "s")
-time.sleep(float(sys.argv[1]))
-"""
+# -- the demo ------------------------------------------------------------------------------------
+
+# The job the demo and the README's examples submit; it lives in the checkout, not in the package.
+SAMPLE_JOB = Path(__file__).resolve().parent.parent / "examples" / "sample_job.py"
+DEMO_TOPIC = "spark-job-completions"
+DEMO_MARKER = ".spark-poller-demo"
+# What a demo workdir holds: one without the marker (made by an older demo) is still recognised.
+DEMO_ENTRIES = frozenset(
+    {
+        DEMO_MARKER,
+        "spark",
+        "kafka",
+        "service.log",
+        "poller.db",
+        "poller.db-wal",
+        "poller.db-shm",
+        "poller.db.lease",
+        "sample_job.py",
+    }
+)
+EVENT_WAIT_S = 180.0
+SETUP_FAILED = 2  # exit status when the user must change something first (a port, the workdir)
 
 
-def demo(workdir: Path, once: bool) -> int:
-    """Bring up Spark, Kafka and the service; submit a sample job; print its completion event."""
+class DemoSetupError(Exception):
+    """Something the user must change before the demo can start; the message says what."""
+
+
+@dataclass(frozen=True)
+class DemoPort:
+    variable: str
+    default: int
+    what: str
+
+
+# The README's examples use the defaults; each can be moved when something else holds it.
+DEMO_PORTS = (
+    DemoPort("DEMO_PORT", 8000, "the spark-poller API"),
+    DemoPort("DEMO_SPARK_REST_PORT", 6066, "Spark's REST submission server"),
+    DemoPort("DEMO_SPARK_MASTER_PORT", 7077, "the Spark master"),
+    DemoPort("DEMO_KAFKA_PORT", 9092, "the Kafka broker"),
+)
+
+
+def demo_ports(environ: Mapping[str, str]) -> dict[str, int]:
+    """The demo's ports by variable name: the documented defaults unless the environment moves
+    them. Raises DemoSetupError for a value that is not a port, or one port given twice."""
+    ports: dict[str, int] = {}
+    for port in DEMO_PORTS:
+        text = environ.get(port.variable, "").strip()
+        if not text:
+            ports[port.variable] = port.default
+        elif text.isdigit() and 1 <= int(text) <= 65535:
+            ports[port.variable] = int(text)
+        else:
+            raise DemoSetupError(f"{port.variable}={text!r} is not a TCP port (1-65535)")
+    holders: dict[int, str] = {}
+    for variable, number in ports.items():
+        if number in holders:
+            raise DemoSetupError(
+                f"{holders[number]} and {variable} are both {number}: give each its own port"
+            )
+        holders[number] = variable
+    return ports
+
+
+def port_taken(port: int) -> bool:
+    """Whether a server could not listen on 127.0.0.1:``port`` right now."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(ports: Mapping[str, int]) -> None:
+    """Raise DemoSetupError naming the first port that is taken and how to choose another.
+
+    Checked before anything starts: a half-started stack on someone else's port helps nobody."""
+    for port in DEMO_PORTS:
+        number = ports[port.variable]
+        if not port_taken(number):
+            continue
+        nearby = (n for n in range(number + 1, min(number + 100, 65536)) if not port_taken(n))
+        other = next((n for n in nearby if n not in ports.values()), None) or free_port()
+        raise DemoSetupError(
+            f"port {number} ({port.what}) is taken by another process. Stop that process, or "
+            f"choose another port: {port.variable}={other} make demo (or {port.variable}={other} "
+            f"python -m poller.devstack demo). The README's examples use {port.default}: use "
+            f"{other} in them instead."
+        )
+
+
+def prepare_workdir(workdir: Path, keep: bool) -> bool:
+    """Make ``workdir`` ready for a run: emptied unless ``keep``. Returns whether earlier state
+    was kept.
+
+    Only a directory the demo made is ever emptied: a workdir holding anything else is refused
+    (DemoSetupError), so a mistyped ``--workdir`` cannot wipe someone's files."""
+    kept = False
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise DemoSetupError(f"{workdir} is not a directory; choose another --workdir")
+        entries = {entry.name for entry in workdir.iterdir()}
+        if entries and DEMO_MARKER not in entries and not entries <= DEMO_ENTRIES:
+            raise DemoSetupError(
+                f"{workdir} holds files the demo did not make; choose another --workdir"
+            )
+        if keep:
+            kept = bool(entries - {DEMO_MARKER})
+        else:
+            shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / DEMO_MARKER).write_text(
+        "Made by `python -m poller.devstack demo`, which empties this directory when it starts "
+        "(unless given --keep).\n"
+    )
+    return kept
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it (shorter to read)."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def demo(workdir: Path, once: bool, keep: bool = False) -> int:
+    """Bring up Spark, Kafka and the service; submit the sample job; print its completion event;
+    then (unless ``once``) say how to try the API and wait for Ctrl-C (or SIGTERM)."""
+    try:
+        ports = demo_ports(os.environ)
+        check_ports_free(ports)
+        if not SAMPLE_JOB.is_file():
+            raise DemoSetupError(
+                f"{SAMPLE_JOB} not found: the demo runs from a source checkout of spark-poller"
+            )
+        workdir = workdir.resolve()
+        kept = prepare_workdir(workdir, keep)
+    except DemoSetupError as exc:
+        print(f"cannot start the demo: {exc}", file=sys.stderr, flush=True)
+        return SETUP_FAILED
+    parts: list[SparkStandalone | KafkaBroker | Daemon] = []
+    # Ctrl-C and SIGTERM both stop the stack, even where the caller left SIGINT ignored (a
+    # background job of a script).
+    previous_sigint = signal.signal(signal.SIGINT, _interrupt)
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_demo(workdir, ports, once, kept, parts)
+    except KeyboardInterrupt:
+        return 0
+    except (RuntimeError, TimeoutError, OSError, requests.RequestException) as exc:
+        print(f"the demo failed: {exc}\n(logs are in {_shown(workdir)})", flush=True)
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the stop short: that would leave daemons on the ports.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("stopping ...", flush=True)
+        for part in reversed(parts):
+            part.stop()
+        print("stopped", flush=True)
+        signal.signal(signal.SIGINT, previous_sigint)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run_demo(
+    workdir: Path,
+    ports: Mapping[str, int],
+    once: bool,
+    kept: bool,
+    parts: list[SparkStandalone | KafkaBroker | Daemon],
+) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    started: list[SparkStandalone | KafkaBroker | Daemon] = []
-    try:
-        print("starting Spark standalone (master + worker + REST server) ...", flush=True)
-        spark = SparkStandalone(workdir / "spark", cores=2, memory="2g").start()
-        started.append(spark)
-        print(f"  REST {spark.rest_url}  master {spark.master_url}  UI {spark.ui_url}", flush=True)
-        kafka = KafkaBroker(workdir / "kafka").start()
-        started.append(kafka)
-        topic = "spark-job-completions"
-        kafka.create_topic(topic)
-        print(f"kafka broker on {kafka.bootstrap_servers}, topic {topic}", flush=True)
+    state = "kept from the last run (--keep)" if kept else "fresh"
+    print(f"demo state in {_shown(workdir)}: {state}", flush=True)
+    print("starting Spark standalone (master + worker + REST server) ...", flush=True)
+    spark = SparkStandalone(
+        workdir / "spark",
+        cores=4,
+        memory="4g",
+        master_port=ports["DEMO_SPARK_MASTER_PORT"],
+        rest_port=ports["DEMO_SPARK_REST_PORT"],
+        # Python drivers (the sample job) run on this interpreter unless a job says otherwise.
+        env={"PYSPARK_PYTHON": sys.executable},
+    )
+    parts.append(spark)  # before start(): an interrupted start is stopped too
+    spark.start()
+    print(f"  REST {spark.rest_url}  master {spark.master_url}  UI {spark.ui_url}", flush=True)
+    kafka = KafkaBroker(workdir / "kafka", port=ports["DEMO_KAFKA_PORT"])
+    parts.append(kafka)
+    kafka.start()
+    kafka.create_topic(DEMO_TOPIC)
+    print(f"kafka broker on {kafka.bootstrap_servers}, topic {DEMO_TOPIC}", flush=True)
 
-        port = free_port()
-        env = dict(os.environ)
-        env.update(
-            POLLER_PORT=str(port),
-            POLLER_DATABASE_URL=f"sqlite:///{workdir / 'poller.db'}",
-            POLLER_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
-            POLLER_KAFKA_TOPIC=topic,
-            POLLER_SPARK_REST_URL=spark.rest_url,
-            POLLER_SPARK_MASTER_URL=spark.master_url,
-            POLLER_POLL_INTERVAL_SECONDS=os.environ.get("POLLER_POLL_INTERVAL_SECONDS", "2"),
-        )
-        service = Daemon(
-            "spark-poller", [sys.executable, "-m", "poller", "serve"], workdir / "service.log", env
-        )
-        started.append(service)
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: requests.get(f"{base}/healthz", timeout=1).ok, 60, "the service")
-        print(f"spark-poller on {base} (log: {service.log_path})", flush=True)
+    port = ports["DEMO_PORT"]
+    env = dict(os.environ)
+    env.setdefault("POLLER_LOG_FORMAT", "text")
+    env.update(
+        POLLER_HOST="127.0.0.1",
+        POLLER_PORT=str(port),
+        POLLER_DATABASE_URL=f"sqlite:///{workdir / 'poller.db'}",
+        POLLER_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        POLLER_KAFKA_TOPIC=DEMO_TOPIC,
+        POLLER_SPARK_REST_URL=spark.rest_url,
+        POLLER_SPARK_MASTER_URL=spark.master_url,
+        POLLER_POLL_INTERVAL_SECONDS=os.environ.get("POLLER_POLL_INTERVAL_SECONDS", "2"),
+    )
+    service = Daemon(
+        "spark-poller", [sys.executable, "-m", "poller", "serve"], workdir / "service.log", env
+    )
+    parts.append(service)
+    base = f"http://127.0.0.1:{port}"
 
-        job = workdir / "sample_job.py"
-        job.write_text(SAMPLE_JOB)
-        body = {
-            "labels": {"source": "demo"},
-            "job": {
-                "app_resource": f"file:{job}",
-                "app_args": ["3"],
-                "spark_properties": {
-                    "spark.pyspark.python": sys.executable,
-                    "spark.driver.memory": "512m",
-                    "spark.driver.extraJavaOptions": FAST_DRIVER_JAVA_OPTIONS,
-                },
+    def serving() -> bool:
+        if not service.alive():
+            raise RuntimeError(f"the service exited:\n{service.tail()}")
+        return requests.get(f"{base}/healthz", timeout=1).ok
+
+    wait_for(serving, 60, "the service")
+    print(f"spark-poller on {base} (log: {_shown(service.log_path)})", flush=True)
+
+    request_id = f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    body = {
+        "request_id": request_id,
+        "labels": {"source": "demo"},
+        "job": {
+            "app_resource": f"file:{SAMPLE_JOB}",
+            "app_args": ["3"],
+            "spark_properties": {
+                "spark.driver.memory": "512m",
+                "spark.driver.extraJavaOptions": FAST_DRIVER_JAVA_OPTIONS,
             },
-        }
-        answer = requests.post(f"{base}/submit", json=body, timeout=30)
-        answer.raise_for_status()
-        _print_json("POST /submit ->", answer.json())
-        request_id = answer.json()["request_id"]
+        },
+    }
+    answer = requests.post(f"{base}/submit", json=body, timeout=30)
+    if not answer.ok:
+        raise RuntimeError(f"POST /submit answered {answer.status_code}: {answer.text}")
+    _print_json("POST /submit ->", answer.json())
 
-        consumer = Consumer(
-            {
-                "bootstrap.servers": kafka.bootstrap_servers,
-                "group.id": "spark-poller-demo",
-                "enable.auto.commit": False,
-            }
-        )
-        consumer.assign([TopicPartition(topic, 0, 0)])
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": "spark-poller-demo",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(DEMO_TOPIC, 0, 0)])
         print("waiting for the completion event on Kafka ...", flush=True)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + EVENT_WAIT_S
         while time.monotonic() < deadline:
             message = consumer.poll(1.0)
             if message is None or message.error() or message.key() != request_id.encode():
@@ -543,36 +735,82 @@ def demo(workdir: Path, once: bool) -> int:
             _print_json("completion event value:", json.loads(message.value() or b"{}"))
             break
         else:
-            print("no completion event within 180 s; see the service log", flush=True)
+            print(
+                f"no completion event within {EVENT_WAIT_S:.0f} s; see {service.log_path}",
+                flush=True,
+            )
             return 1
-        consumer.close()
-        if once:
-            return 0
-        print(
-            f"\nthe stack is up; try:\n  curl -s {base}/jobs | python3 -m json.tool\n"
-            "Ctrl-C stops everything.",
-            flush=True,
-        )
-        while all(d.alive() for d in started if isinstance(d, Daemon)):
-            time.sleep(1)
-        print("the service stopped; see its log", flush=True)
-        return 1
-    except KeyboardInterrupt:
-        return 0
     finally:
-        print("stopping ...", flush=True)
-        for part in reversed(started):
-            part.stop()
+        consumer.close()
+    if once:
+        return 0
+    print(closing_message(ports, workdir, request_id, spark.ui_url), flush=True)
+    daemons = [spark.master, spark.worker, kafka.daemon, service]
+    while True:
+        for daemon in daemons:
+            if daemon is not None and not daemon.alive():
+                print(f"{daemon.name} stopped; see {_shown(daemon.log_path)}", flush=True)
+                return 1
+        time.sleep(1)
+
+
+def closing_message(
+    ports: Mapping[str, int], workdir: Path, request_id: str, spark_ui_url: str
+) -> str:
+    """How to try the running stack: what listens where, calls to paste, the events, the state."""
+    api = f"localhost:{ports['DEMO_PORT']}"
+    broker = f"localhost:{ports['DEMO_KAFKA_PORT']}"
+    tool = _shown(Path(sys.executable).parent / "spark-poller")
+    moved = [port for port in DEMO_PORTS if ports[port.variable] != port.default]
+    lines = [
+        "",
+        "the stack is up:",
+        f"  spark-poller  http://{api}  (interactive docs http://{api}/docs)",
+        f"  Spark         REST http://localhost:{ports['DEMO_SPARK_REST_PORT']}"
+        f"  master spark://127.0.0.1:{ports['DEMO_SPARK_MASTER_PORT']}  UI {spark_ui_url}",
+        f"  Kafka         {broker}, topic {DEMO_TOPIC}",
+        "try (the README's API section has every call, each runnable against this stack):",
+        f"  curl -sS --fail-with-body {api}/jobs/{request_id}",
+        f"  curl -sS --fail-with-body {api}/submit -H 'content-type: application/json' \\",
+        f'       -d \'{{"job": {{"app_resource": "file:{SAMPLE_JOB}", "app_args": ["20"]}}}}\'',
+    ]
+    if moved:
+        lines.append(
+            "  (the README's examples use the default ports: there use "
+            + ", ".join(f"{ports[port.variable]} for {port.default}" for port in moved)
+            + ")"
+        )
+    broker_env = (
+        "" if ports["DEMO_KAFKA_PORT"] == 9092 else f"POLLER_KAFKA_BOOTSTRAP_SERVERS={broker} "
+    )
+    lines += [
+        "watch the completion events as they are published (in another terminal):",
+        f"  {broker_env}{tool} events tail --from-beginning",
+        f"logs and state are in {_shown(workdir)}/ (service.log; the drivers' output under"
+        " spark/work/); the next start empties it unless given --keep (make demo ARGS=--keep).",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m poller.devstack")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("demo", help="whole local stack, one sample job, its completion event")
+    run = sub.add_parser(
+        "demo",
+        help="whole local stack, one sample job, its completion event",
+        description="Ports: DEMO_PORT (8000), DEMO_SPARK_REST_PORT (6066), "
+        "DEMO_SPARK_MASTER_PORT (7077), DEMO_KAFKA_PORT (9092).",
+    )
     run.add_argument("--workdir", type=Path, default=Path(".demo"))
     run.add_argument("--once", action="store_true", help="exit after printing the event")
+    run.add_argument(
+        "--keep",
+        action="store_true",
+        help="reuse the workdir's database and logs (by default a start empties it)",
+    )
     args = parser.parse_args(argv)
-    return demo(args.workdir, args.once)
+    return demo(args.workdir, args.once, args.keep)
 
 
 if __name__ == "__main__":

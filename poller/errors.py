@@ -10,6 +10,7 @@ PollerError
 |   +-- SparkUnavailable  transient: connection failed, timed out, 5xx (retry later)
 |   +-- SparkRejected     Spark answered and said no (bad job, auth, ...)
 +-- StoreUnavailable      the database is unreachable (transient)
+|   +-- SchemaMismatch    its schema is not this version's (behind or ahead): not transient
 +-- PublishFailed         Kafka did not confirm the event (transient)
 """
 
@@ -78,6 +79,16 @@ class SubmissionUnknown(PollerError):
 
 class StoreUnavailable(PollerError):
     pass
+
+
+class SchemaMismatch(StoreUnavailable):
+    """The database is at revision ``current`` (None: not versioned yet), this version needs
+    ``head``: unusable until someone migrates it, so it is refused rather than half-used."""
+
+    def __init__(self, message: str, current: str | None = None, head: str | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+        self.head = head
 
 
 class PublishFailed(PollerError):

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from poller.config import Settings
 from poller.errors import PublishFailed
-from poller.schemas import CompletionEvent
+from poller.schemas import CompletionEvent, TraceContext
 
 logger = logging.getLogger(__name__)
 
@@ -26,19 +26,26 @@ ERROR_REPEAT_S = 60.0
 DeliveryCallback = Callable[[str | None], None]
 
 
-def to_kafka_message(event: CompletionEvent, source: str) -> KafkaMessage:
-    """The event as a Kafka record: key = request_id, CloudEvents attributes in ce_* headers."""
-    cloud_event = CloudEvent(
-        attributes={
-            "id": event.event_id,
-            "source": source,
-            "type": EVENT_TYPE,
-            "subject": event.request_id,
-            "time": event.completed_at,
-            "datacontenttype": "application/json",
-        },
-        data=event.model_dump(mode="json"),
-    )
+def to_kafka_message(
+    event: CompletionEvent, source: str, trace: TraceContext | None = None
+) -> KafkaMessage:
+    """The event as a Kafka record: key = request_id, CloudEvents attributes in ce_* headers.
+
+    With the submitter's trace context, the distributed tracing extension's ``traceparent`` and
+    ``tracestate`` travel as ``ce_traceparent``/``ce_tracestate`` headers."""
+    attributes: dict[str, Any] = {
+        "id": event.event_id,
+        "source": source,
+        "type": EVENT_TYPE,
+        "subject": event.request_id,
+        "time": event.completed_at,
+        "datacontenttype": "application/json",
+    }
+    if trace is not None:
+        attributes["traceparent"] = trace.traceparent
+        if trace.tracestate is not None:
+            attributes["tracestate"] = trace.tracestate
+    cloud_event = CloudEvent(attributes=attributes, data=event.model_dump(mode="json"))
     return to_binary_event(cloud_event, key_mapper=lambda _: event.request_id.encode())
 
 
@@ -123,13 +130,15 @@ class EventPublisher:
         stale.purge()
         stale.flush(0)
 
-    def send(self, event: CompletionEvent, on_done: DeliveryCallback) -> object:
+    def send(
+        self, event: CompletionEvent, on_done: DeliveryCallback, trace: TraceContext | None = None
+    ) -> object:
         """Queue ``event`` without waiting; ``on_done(None)`` once the broker has it, else
         ``on_done(reason)``. Called back on the producer's callback thread: keep it short.
 
         Returns the producer that took it (for :meth:`replace_if_stuck`). Raises PublishFailed
         when the event cannot even be queued."""
-        message = to_kafka_message(event, self.source)
+        message = to_kafka_message(event, self.source, trace)
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None and (err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT):

@@ -23,6 +23,7 @@ from poller.errors import (
     SubmissionUnknown,
     UnknownCluster,
 )
+from poller.logs import add_log_context, log_scope
 from poller.outbox import Outbox
 from poller.polling import Poller
 from poller.scheduler import PollScheduler
@@ -34,6 +35,7 @@ from poller.schemas import (
     Phase,
     SubmitRequest,
     SubmitResponse,
+    TraceContext,
 )
 from poller.spark import SparkClient
 from poller.store import RequestStore
@@ -84,13 +86,19 @@ class Jobs:
     def pending_writes(self) -> bool:
         return bool(self._to_record or self._to_forget)
 
-    def submit(self, request: SubmitRequest) -> SubmitResponse:
-        """Submit (or adopt) a driver and register its poll job. Nothing stays behind on failure."""
+    @log_scope
+    def submit(self, request: SubmitRequest, trace: TraceContext | None = None) -> SubmitResponse:
+        """Submit (or adopt) a driver and register its poll job. Nothing stays behind on failure.
+
+        ``trace`` (the caller's trace context) is kept with the request for its event."""
         client = self._client(request.cluster)
         if request.job is not None:
             self._check_allowed(request.job)
         request_id = request.request_id or str(uuid.uuid4())
-        self._insert(request_id, request)
+        add_log_context(
+            request_id=request_id, cluster=request.cluster, submission_id=request.submission_id
+        )
+        self._insert(request_id, request, trace)
         with self._pending_lock:
             self._submitting.add(request_id)  # recovery leaves it alone while we are at it
         try:
@@ -159,11 +167,15 @@ class Jobs:
             request_id=request_id, submission_id=submission_id, cluster=request.cluster, state=state
         )
 
-    def _insert(self, request_id: str, request: SubmitRequest) -> None:
+    def _insert(self, request_id: str, request: SubmitRequest, trace: TraceContext | None) -> None:
         """Record the request before Spark hears of it; a taken id says what it already is."""
         try:
             self.store.insert(
-                request_id, request.cluster, request.labels, submission_id=request.submission_id
+                request_id,
+                request.cluster,
+                request.labels,
+                submission_id=request.submission_id,
+                trace=trace,
             )
         except DriverTaken:
             raise  # one driver, one request: its message names the request tracking the driver
@@ -300,6 +312,7 @@ class Jobs:
             for r in records
         ]
 
+    @log_scope
     def cancel(self, request_id: str, kill: bool) -> JobRecord:
         """Stop polling and publish a CANCELLED event.
 
@@ -307,10 +320,12 @@ class Jobs:
         confirm the driver ended (briefly here, then in the poll job up to a deadline). The
         returned record is in phase ``done`` only once Kafka has the event.
         """
+        add_log_context(request_id=request_id)
         with self.poller.lock_for(request_id):
             record = self.store.get(request_id)
             if record is None:
                 raise RequestNotFound(f"no request {request_id!r}")
+            add_log_context(submission_id=record.submission_id, cluster=record.cluster)
             if record.phase == Phase.SUBMITTING:
                 raise RequestConflict(f"request {request_id!r} is still being submitted")
             if record.phase == Phase.CANCELLING:

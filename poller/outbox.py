@@ -14,10 +14,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from poller.errors import PollerError, PublishFailed
 from poller.events import EventPublisher
-from poller.schemas import CompletionEvent, JobRecord, event_id_for
+from poller.logs import add_log_context, log_scope
+from poller.metrics import (
+    END_TO_EVENT_SECONDS,
+    EVENTS_PUBLISHED,
+    PUBLISH_FAILURES,
+    PUBLISH_SECONDS,
+    SUBMIT_TO_EVENT_SECONDS,
+)
+from poller.schemas import CompletionEvent, JobRecord, TraceContext, event_id_for
 from poller.store import RequestStore
 
 logger = logging.getLogger(__name__)
@@ -46,6 +55,21 @@ def completion_event(record: JobRecord) -> CompletionEvent:
     )
 
 
+def trace_of(record: JobRecord) -> TraceContext | None:
+    if record.traceparent is None:
+        return None
+    return TraceContext(traceparent=record.traceparent, tracestate=record.tracestate)
+
+
+def _count_published(record: JobRecord) -> None:
+    """The request is done: its event counts, with how long it took to get out."""
+    EVENTS_PUBLISHED.labels(record.state.value).inc()
+    now = datetime.now(UTC)
+    SUBMIT_TO_EVENT_SECONDS.observe(max(0.0, (now - record.submitted_at).total_seconds()))
+    if record.completed_at is not None:
+        END_TO_EVENT_SECONDS.observe(max(0.0, (now - record.completed_at).total_seconds()))
+
+
 class Outbox:
     """Sends each offered record's event once at a time and settles it on the broker's report."""
 
@@ -66,6 +90,7 @@ class Outbox:
         self._delivered: dict[str, threading.Event] = {}
         self._reports: queue.Queue[tuple[str, str | None]] = queue.Queue()
         self._unsettled: set[str] = set()  # delivered, not yet marked done (database down)
+        self._offered: dict[str, JobRecord] = {}  # what was sent, for the metrics once settled
         self._waiting: dict[str, str] = {}  # request_id -> why its last attempt failed
         self._last_report = float("-inf")
         self._stop = threading.Event()
@@ -81,15 +106,18 @@ class Outbox:
             if request_id in self._in_flight or request_id in self._unsettled:
                 return
             self._in_flight[request_id] = (time.monotonic(), None)
+            self._offered[request_id] = record
         try:
             producer = self.publisher.send(
-                completion_event(record), lambda err: self._reports.put((request_id, err))
+                completion_event(record),
+                lambda err: self._reports.put((request_id, err)),
+                trace_of(record),
             )
         except PublishFailed as exc:
-            self._failed(request_id, exc.message)
+            self._failed(request_id, exc.message, "refused")
         except Exception as exc:  # a record we cannot turn into an event: say so, try again
             logger.exception("event of %s could not be built", request_id)
-            self._failed(request_id, f"could not build the event: {type(exc).__name__}")
+            self._failed(request_id, f"could not build the event: {type(exc).__name__}", "build")
         else:
             with self._lock:
                 if request_id in self._in_flight:
@@ -133,14 +161,21 @@ class Outbox:
             if error is None:
                 with self._lock:
                     self._unsettled.add(request_id)
-                    self._in_flight.pop(request_id, None)
+                    sent = self._in_flight.pop(request_id, None)
                     self._waiting.pop(request_id, None)
+                if sent is not None:
+                    PUBLISH_SECONDS.observe(time.monotonic() - sent[0])
                 self._settle(request_id)
             else:
-                self._failed(request_id, error)
+                self._failed(request_id, error, "delivery")
 
+    @log_scope
     def _settle(self, request_id: str) -> None:
         """Kafka has the event: the request is done and its poll job goes."""
+        add_log_context(request_id=request_id)
+        offered = self._offered.get(request_id)
+        if offered is not None:
+            add_log_context(submission_id=offered.submission_id, cluster=offered.cluster)
         try:
             self.store.mark_published(request_id)
         except PollerError as exc:
@@ -154,17 +189,24 @@ class Outbox:
         with self._lock:
             self._unsettled.discard(request_id)
             delivered = self._delivered.pop(request_id, None)
+            record = self._offered.pop(request_id, None)
         if delivered is not None:
             delivered.set()
+        if record is not None:
+            _count_published(record)
         logger.info("published the event of %s", request_id, extra={"request_id": request_id})
         try:
             self.remove_job(request_id)
         except PollerError as exc:  # the reconcile removes the orphan job later
             logger.warning("poll job of %s not removed yet: %s", request_id, exc.message)
 
-    def _failed(self, request_id: str, reason: str) -> None:
+    @log_scope
+    def _failed(self, request_id: str, reason: str, cause: str) -> None:
+        add_log_context(request_id=request_id)
+        PUBLISH_FAILURES.labels(cause).inc()
         with self._lock:
             self._in_flight.pop(request_id, None)
+            self._offered.pop(request_id, None)
             self._waiting[request_id] = reason
         logger.debug("event of %s not published: %s", request_id, reason)
 
@@ -179,7 +221,9 @@ class Outbox:
             }
             for request_id in stuck:
                 del self._in_flight[request_id]
+                self._offered.pop(request_id, None)
                 self._waiting[request_id] = "no delivery report from Kafka"
+                PUBLISH_FAILURES.labels("no_report").inc()
             waiting = dict(self._waiting)
         for request_id in unsettled:
             self._settle(request_id)

@@ -17,7 +17,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from poller.errors import PollerError, SparkError, UnknownCluster
+from poller.errors import (
+    PollerError,
+    SparkError,
+    SparkUnavailable,
+    StoreUnavailable,
+    UnknownCluster,
+)
+from poller.logs import add_log_context, log_scope
+from poller.metrics import POLL_ERRORS, POLLS
 from poller.outbox import Outbox
 from poller.schemas import DriverState, JobRecord, Phase
 from poller.spark import SparkClient
@@ -28,6 +36,17 @@ logger = logging.getLogger(__name__)
 ASKING_SPARK = (Phase.POLLING, Phase.CANCELLING)
 
 RemoveJob = Callable[[str], None]
+
+
+def error_cause(exc: Exception) -> str:
+    """The bounded ``cause`` label of a failed poll."""
+    if isinstance(exc, SparkUnavailable):
+        return "spark_unavailable"
+    if isinstance(exc, SparkError):
+        return "spark_error"
+    if isinstance(exc, StoreUnavailable):
+        return "database"
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -113,16 +132,22 @@ class Poller:
         """Serialises the poll job and a cancel of the same request within this process."""
         return self.locks.hold(request_id)
 
+    @log_scope
     def poll(self, request_id: str) -> None:
         """One scheduled run. Never raises: a failure leaves the job for the next run.
 
         A run that finds its request busy (a cancel is killing the driver) skips: the cancel
         does the work, and no poll thread waits on another's Spark call."""
+        add_log_context(request_id=request_id)
         try:
             with self.locks.hold_if_free(request_id) as free:
                 if free:
                     self.advance(request_id)
+                else:
+                    POLLS.labels("", "skipped").inc()
         except PollerError as exc:
+            if not isinstance(exc, SparkError):  # Spark's are counted with their cluster
+                POLL_ERRORS.labels("", error_cause(exc)).inc()
             logger.warning(
                 "poll of %s failed, retrying next run: %s",
                 request_id,
@@ -130,6 +155,7 @@ class Poller:
                 extra={"request_id": request_id},
             )
         except Exception:
+            POLL_ERRORS.labels("", "other").inc()
             logger.exception(
                 "poll of %s failed unexpectedly, retrying next run",
                 request_id,
@@ -143,6 +169,7 @@ class Poller:
             logger.warning("poll job %s has no request record; removing it", request_id)
             self.remove_job(request_id)
             return None
+        add_log_context(submission_id=record.submission_id, cluster=record.cluster)
         if record.phase in ASKING_SPARK:
             record = self._check_spark(record)
         if record.phase == Phase.PUBLISHING:
@@ -158,7 +185,8 @@ class Poller:
             raise UnknownCluster(f"cluster {record.cluster!r} is not configured in this process")
         try:
             status = client.status(record.submission_id)
-        except SparkError:
+        except SparkError as exc:
+            POLL_ERRORS.labels(record.cluster, error_cause(exc)).inc()
             # The kill's deadline holds whether or not Spark answers.
             if record.phase == Phase.CANCELLING and self._kill_unconfirmed(record, utcnow()):
                 return self._kill_deadline_passed(record)
@@ -170,7 +198,11 @@ class Poller:
             status.message,
         )
         record = self._reload(record.request_id)
-        if status.found and status.state is not None and status.state.terminal:
+        ended = status.found and status.state is not None and status.state.terminal
+        outcome = "ended" if ended else "running" if status.found else "unknown"
+        POLLS.labels(record.cluster, outcome).inc()
+        if ended:
+            assert status.state is not None
             if record.phase == Phase.CANCELLING:
                 return self._fix(
                     record,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -10,15 +11,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_STOPPED
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import StoreUnavailable
+from poller.metrics import SCHEDULER_LAG_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,34 @@ class ResilientScheduler(BackgroundScheduler):  # type: ignore[misc]
         return MAX_WAIT_S if wait_s is None else min(wait_s, MAX_WAIT_S)
 
 
+class _LagTimingPool(concurrent.futures.ThreadPoolExecutor):
+    """Observes how late each run starts on its worker thread.
+
+    The scheduler hands a due run over on time, but the run waits in this pool's queue while every
+    thread is busy: only its start says how late the poll really is. APScheduler 3's pool
+    executor calls ``submit(run_job, job, jobstore_alias, run_times, logger_name)``."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        run_times = args[2] if len(args) > 2 else None
+        if not run_times:
+            return super().submit(fn, *args, **kwargs)
+        due: datetime = run_times[-1]
+
+        def started() -> Any:
+            lag_s = (datetime.now(UTC) - due).total_seconds()
+            SCHEDULER_LAG_SECONDS.observe(max(0.0, lag_s))
+            return fn(*args, **kwargs)
+
+        return super().submit(started)
+
+
+class TimedPoolExecutor(BasePoolExecutor):  # type: ignore[misc]
+    """APScheduler's thread pool executor, with the lag of every run measured."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(_LagTimingPool(max_workers, thread_name_prefix="poll"))
+
+
 class PollScheduler:
     """Owns the scheduler; the rest of the service speaks only of request ids."""
 
@@ -77,7 +107,7 @@ class PollScheduler:
         self.jobstore = SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE)
         self.scheduler = ResilientScheduler(
             jobstores={"default": self.jobstore},
-            executors={"default": ThreadPoolExecutor(max_workers=threads)},
+            executors={"default": TimedPoolExecutor(max_workers=threads)},
             job_defaults={
                 "max_instances": 1,
                 "coalesce": True,
@@ -92,10 +122,18 @@ class PollScheduler:
     @staticmethod
     def _on_job_event(event: JobExecutionEvent) -> None:
         if event.exception is not None:
-            logger.error("poll job %s raised: %r", event.job_id, event.exception)
+            logger.error(
+                "poll job %s raised: %r",
+                event.job_id,
+                event.exception,
+                extra={"request_id": event.job_id},
+            )
         else:
             logger.warning(
-                "poll job %s missed its run at %s", event.job_id, event.scheduled_run_time
+                "poll job %s missed its run at %s",
+                event.job_id,
+                event.scheduled_run_time,
+                extra={"request_id": event.job_id},
             )
 
     def start(self) -> None:
@@ -175,6 +213,17 @@ class PollScheduler:
                 return set(conn.scalars(select(table.c.id)))
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    def store_stats(self) -> tuple[int, datetime | None]:
+        """How many jobs the store holds, and the earliest next run time among them."""
+        table = self.jobstore.jobs_t
+        query = select(func.count(), func.min(table.c.next_run_time))
+        try:
+            with self.jobstore.engine.connect() as conn:
+                count, earliest = conn.execute(query).one()
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        return int(count), None if earliest is None else datetime.fromtimestamp(earliest, UTC)
 
     def next_run_times(self, request_ids: Iterable[str]) -> dict[str, datetime]:
         """Next poll time of each given request that has a job, read from the job table."""

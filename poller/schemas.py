@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -77,6 +78,50 @@ class Phase(StrEnum):
     CANCELLING = "cancelling"  # a kill was asked; waiting for Spark to confirm it
     PUBLISHING = "publishing"  # outcome recorded, event not yet confirmed by Kafka
     DONE = "done"
+
+
+# W3C Trace Context: version-traceid-parentid-flags, lower-case hex; version ff is forbidden.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+TRACESTATE_MAX_CHARS = 512
+_TRACESTATE = re.compile(r"[\x20-\x7e]*")
+
+
+class TraceContext(BaseModel):
+    """The submitter's W3C trace context, carried by the completion event so a consumer can
+    join the submitter's trace (CloudEvents distributed tracing extension)."""
+
+    traceparent: str
+    tracestate: str | None = None
+
+
+def trace_context(traceparent: str | None, tracestate: str | None) -> TraceContext | None:
+    """The trace context of a request's headers, or None when there is none we may propagate.
+
+    Trace Context says an invalid ``traceparent`` is ignored, not refused: tracing must never
+    fail a call. A later version's extra fields are dropped (what this version can read is
+    kept); ``tracestate`` travels only with a valid ``traceparent``, and only while it is
+    printable and of the size the specification allows.
+    """
+    if traceparent is None:
+        return None
+    value = traceparent.strip()
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return None
+    version, trace_id, parent_id, _flags = match.groups()
+    rest = value[match.end() :]
+    if (
+        version == "ff"
+        or (version == "00" and rest)
+        or (rest and not rest.startswith("-"))
+        or trace_id == "0" * 32
+        or parent_id == "0" * 16
+    ):
+        return None
+    state = None if tracestate is None else tracestate.strip()
+    if not state or len(state) > TRACESTATE_MAX_CHARS or not _TRACESTATE.fullmatch(state):
+        state = None
+    return TraceContext(traceparent=value[: match.end()], tracestate=state)
 
 
 def event_id_for(request_id: str) -> str:
@@ -161,6 +206,8 @@ class JobRecord(BaseModel):
     cancel_requested_at: datetime | None = None
     completed_at: datetime | None = None
     event_id: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class JobPage(BaseModel):

@@ -18,6 +18,7 @@ from poller.events import EventPublisher, producer_config
 from poller.health import HealthMonitor
 from poller.jobs import Jobs
 from poller.lease import lease_for
+from poller.metrics import LEASE_CHANGES, LEASE_HELD, OPEN_PHASES, STORE, StoreSnapshot
 from poller.outbox import Outbox
 from poller.polling import Poller, PollPolicy
 from poller.scheduler import PollScheduler
@@ -37,6 +38,7 @@ LEASE_CHECK_S = 2.0
 RECOVERY_STEP_S = 5.0
 HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_STALE_AFTER_S = 15.0
+METRICS_SAMPLE_PERIOD_S = 5.0
 
 
 class Service:
@@ -94,6 +96,11 @@ class Service:
             period_s=HEALTH_CHECK_PERIOD_S,
             stale_after_s=HEALTH_STALE_AFTER_S,
         )
+        self.sampler = HealthMonitor(
+            {"metrics": self._sample_store},
+            period_s=METRICS_SAMPLE_PERIOD_S,
+            stale_after_s=HEALTH_STALE_AFTER_S,
+        )
         self.fatal: str | None = None
         self.on_fatal: Callable[[str], None] | None = None
         self._stopping = threading.Event()
@@ -110,11 +117,12 @@ class Service:
 
         From here the API records requests and their poll jobs, but nothing is recovered or polled
         until :meth:`activate` has been called and this process holds the scheduler lease."""
-        self.store.create_schema()
+        self.store.create_schema(auto_migrate=self.settings.auto_migrate)
         polling.install(self.poller)
         self.outbox.start()
         self.scheduler.start()
         self.health.start()
+        self.sampler.start(first_answer_s=0)
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watchdog.start()
         logger.info(
@@ -150,11 +158,12 @@ class Service:
             self._watchdog.join(timeout=5)
         self.jobs.flush_pending_writes(PENDING_WRITES_FLUSH_S)
         self.health.stop()
+        self.sampler.stop()
         self.publisher.close()  # flushes: the reports of events still on their way arrive
         self.outbox.stop()
         polling.install(None)
         self.lease.release()
-        self._leading.clear()
+        self._set_leading(False)
         for client in self.clusters.values():
             client.close()
         self.engine.dispose()
@@ -231,7 +240,7 @@ class Service:
                 held = False
             if not held:
                 self.scheduler.pause()  # before anything else: another process may lead now
-                self._leading.clear()
+                self._set_leading(False)
                 beats.lost()
                 logger.error("lost the scheduler lease: stopped polling; standing by")
                 return
@@ -264,7 +273,7 @@ class Service:
             logger.warning("could not take over scheduling yet: %s; retrying", exc)
             self.lease.release()
             return False
-        self._leading.set()
+        self._set_leading(True)
         self.scheduler.resume()
         logger.info(
             "holding the scheduler lease (%s): polling; %d overdue poll(s) spread over %.3gs",
@@ -273,6 +282,46 @@ class Service:
             self.settings.poll_interval_seconds,
         )
         return True
+
+    def _set_leading(self, leading: bool) -> None:
+        if leading == self._leading.is_set():
+            return
+        if leading:
+            self._leading.set()
+        else:
+            self._leading.clear()
+        LEASE_HELD.set(1 if leading else 0)
+        LEASE_CHANGES.labels("taken" if leading else "lost").inc()
+
+    def _sample_store(self) -> str | None:
+        """Read the figures /metrics serves from the database (every few seconds, in the
+        background: a scrape never waits on the database)."""
+        try:
+            groups = self.store.open_counts()
+            jobs, earliest = self.scheduler.store_stats()
+        except PollerError as exc:
+            return exc.message  # the last figures stay; readiness reports the database
+        now = datetime.now(UTC)
+        in_phase: dict[str, float] = {}
+        for _cluster, phase, _count, entered_at in groups:
+            age_s = max(0.0, (now - entered_at).total_seconds())
+            in_phase[phase] = max(in_phase.get(phase, 0.0), age_s)
+        STORE.update(
+            StoreSnapshot(
+                # Every configured cluster in every phase, 0 when empty: an alert sees 0, not
+                # "no data".
+                in_flight={
+                    **{(name, phase): 0 for name in self.clusters for phase in OPEN_PHASES},
+                    **{(cluster, phase): count for cluster, phase, count, _ in groups},
+                },
+                longest_in_phase_s=in_phase,
+                job_store_jobs=jobs,
+                most_overdue_s=0.0
+                if earliest is None
+                else max(0.0, (now - earliest).total_seconds()),
+            )
+        )
+        return None
 
     def _die(self, reason: str) -> None:
         self.fatal = reason

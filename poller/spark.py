@@ -37,7 +37,8 @@ from urllib3.exceptions import (
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
 from poller.config import ClusterConfig
-from poller.errors import SparkRejected, SparkUnavailable
+from poller.errors import SparkError, SparkRejected, SparkUnavailable
+from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
 from poller.schemas import DriverState, DriverStatus, JobSpec
 
 logger = logging.getLogger(__name__)
@@ -308,7 +309,25 @@ class SparkClient:
     def _call(
         self, method: str, path: str, *, idempotent: bool, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        self.backoff.check()
+        call = path.partition("/")[0]  # create, status, kill: never the driver id
+        try:
+            self.backoff.check()  # while backing off, no call goes out: no duration either
+        except SparkUnavailable:
+            SPARK_CALL_ERRORS.labels(self.name, call, "backing_off").inc()
+            raise
+        started = time.monotonic()
+        try:
+            return self._call_with_retries(method, path, idempotent, body)
+        except SparkError as exc:
+            cause = "rejected" if isinstance(exc, SparkRejected) else "unavailable"
+            SPARK_CALL_ERRORS.labels(self.name, call, cause).inc()
+            raise
+        finally:
+            SPARK_CALL_SECONDS.labels(self.name, call).observe(time.monotonic() - started)
+
+    def _call_with_retries(
+        self, method: str, path: str, idempotent: bool, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
         try:
             for attempt in Retrying(
                 retry=_retryable(idempotent),

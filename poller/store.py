@@ -14,9 +14,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from poller import migrate
 from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
-from poller.models import Base, RequestRow
-from poller.schemas import DriverState, JobRecord, Phase, event_id_for
+from poller.models import RequestRow
+from poller.schemas import DriverState, JobRecord, Phase, TraceContext, event_id_for
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def _record(row: RequestRow) -> JobRecord:
         last_polled_at=row.last_polled_at,
         completed_at=row.completed_at,
         event_id=row.event_id if published else None,
+        traceparent=row.traceparent,
+        tracestate=row.tracestate,
     )
 
 
@@ -112,43 +115,13 @@ class RequestStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @_translate_db_errors
-    def create_schema(self) -> None:
-        """Create missing tables, and the indexes a database made by an older version lacks."""
-        Base.metadata.create_all(self.engine)
-        table = Base.metadata.tables[RequestRow.__tablename__]
-        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-            try:
-                with self.engine.begin() as conn:
-                    index.create(conn, checkfirst=True)
-            except IntegrityError:
-                self._report_shared_drivers()
-
-    def _report_shared_drivers(self) -> None:
-        """An older version let several requests track one driver; say which, and carry on."""
-        shared = (
-            select(RequestRow.cluster, RequestRow.submission_id)
-            .where(_tracking())
-            .group_by(RequestRow.cluster, RequestRow.submission_id)
-            .having(func.count() > 1)
-        )
-        with self._sessions() as session:
-            for cluster, submission_id in session.execute(shared):
-                ids = session.scalars(
-                    select(RequestRow.request_id).where(
-                        _tracking(),
-                        RequestRow.cluster == cluster,
-                        RequestRow.submission_id == submission_id,
-                    )
-                ).all()
-                logger.error(
-                    "requests %s all track driver %s on %s: each will publish its own event; "
-                    "one driver per request is enforced once all but one are done "
-                    "(DELETE the others, without kill)",
-                    ", ".join(sorted(ids)),
-                    submission_id,
-                    cluster,
-                    extra={"submission_id": submission_id, "cluster": cluster},
-                )
+    def create_schema(self, auto_migrate: bool = True) -> None:
+        """Bring our tables to this version's schema (``auto_migrate``), or else refuse a
+        database at any other: raises SchemaMismatch naming both revisions and the fix."""
+        if auto_migrate:
+            migrate.upgrade(self.engine)
+        else:
+            migrate.check_current(self.engine)
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -167,6 +140,7 @@ class RequestStore:
         cluster: str,
         labels: dict[str, str],
         submission_id: str | None = None,
+        trace: TraceContext | None = None,
     ) -> JobRecord:
         """Record a new request in phase SUBMITTING.
 
@@ -185,6 +159,8 @@ class RequestStore:
                 polls=0,
                 unknown_polls=0,
                 submitted_at=utcnow(),
+                traceparent=None if trace is None else trace.traceparent,
+                tracestate=None if trace is None else trace.tracestate,
             )
             try:
                 with self._tx() as session:
@@ -408,6 +384,30 @@ class RequestStore:
         with self._sessions() as session:
             query = select(RequestRow.request_id).where(RequestRow.phase.in_(ACTIVE_PHASES))
             return set(session.scalars(query))
+
+    @_translate_db_errors
+    def open_counts(self) -> list[tuple[str, str, int, datetime]]:
+        """(cluster, phase, requests, earliest entry into the phase) over requests not done: one
+        grouped read, for the metrics. A request enters cancelling when the cancel is asked,
+        publishing when its ending is fixed, and the others when it is submitted."""
+        query = (
+            select(
+                RequestRow.cluster,
+                RequestRow.phase,
+                func.count(),
+                func.min(RequestRow.submitted_at),
+                func.min(RequestRow.cancel_requested_at),
+                func.min(RequestRow.completed_at),
+            )
+            .where(RequestRow.phase != Phase.DONE.value)
+            .group_by(RequestRow.cluster, RequestRow.phase)
+        )
+        groups = []
+        with self._sessions() as session:
+            for cluster, phase, count, submitted, cancelled, completed in session.execute(query):
+                entered = {"cancelling": cancelled, "publishing": completed}.get(phase)
+                groups.append((cluster, phase, int(count), entered or submitted))
+        return groups
 
     @_translate_db_errors
     def asking_spark_outside(self, clusters: Iterable[str]) -> dict[str, list[str]]:

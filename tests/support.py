@@ -43,14 +43,19 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def stderr_path(self) -> Path:
+        """Where its stderr goes: its log lines are on stdout (``log_path``), alone."""
+        return self.log_path.with_name(self.log_path.name + ".stderr")
+
     def start(self) -> ServiceProcess:
         env = {**self.env, "POLLER_PORT": str(self.port)}
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") as log, self.stderr_path.open("ab") as errors:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "poller", "serve"],
                 env=env,
                 stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=errors,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -66,7 +71,28 @@ class ServiceProcess:
         return self.http.get(f"{self.url}/healthz", headers=headers, timeout=1).status_code == 200
 
     def logs(self) -> str:
+        """Everything it wrote: its log (stdout), then anything on stderr (normally nothing)."""
+        return self.stdout() + self.stderr()
+
+    def stdout(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stderr(self) -> str:
+        path = self.stderr_path
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Its log lines, each parsed as the JSON object it must be (ValueError if one is not)."""
+        records = []
+        for number, line in enumerate(self.stdout().splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ValueError(f"log line {number} is not JSON: {line[:300]!r}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"log line {number} is not a JSON object: {line[:300]!r}")
+            records.append(record)
+        return records
 
     def kill9(self) -> None:
         assert self.proc is not None
