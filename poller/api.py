@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
@@ -44,6 +44,7 @@ from poller.schemas import (
     Phase,
     SubmitRequest,
     SubmitResponse,
+    TraceContext,
     trace_context,
 )
 from poller.service import Service
@@ -257,17 +258,22 @@ health_router = APIRouter()
 
 
 @jobs_router.post("/submit", status_code=202)
-def submit(
-    body: SubmitRequest,
-    svc: ServiceDep,
-    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
-    tracestate: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> SubmitResponse:
+def submit(body: SubmitRequest, svc: ServiceDep, request: Request) -> SubmitResponse:
     """Submit a Spark job (``job``) or adopt a driver (``submission_id``), then poll it.
 
     A W3C ``traceparent`` (and ``tracestate``) header is carried by the completion event as the
     CloudEvents ``ce_traceparent``/``ce_tracestate`` headers; an invalid one is ignored."""
-    return svc.jobs.submit(body, trace_context(traceparent, tracestate))
+    return svc.jobs.submit(body, trace_from_headers(request))
+
+
+def trace_from_headers(request: Request) -> TraceContext | None:
+    """Trace Context: one ``traceparent`` (several are invalid), and every ``tracestate``
+    header joined into one list."""
+    parents = request.headers.getlist("traceparent")
+    states = request.headers.getlist("tracestate")
+    if len(parents) != 1:
+        return None
+    return trace_context(parents[0], ",".join(states) if states else None)
 
 
 @jobs_router.get("/jobs/{request_id}")

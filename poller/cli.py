@@ -205,7 +205,7 @@ def _api(url: str) -> Iterator[ApiClient]:
 
 
 def _print_json(value: object) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    typer.echo(json.dumps(value, indent=2))
 
 
 @jobs_app.command("list", epilog=EXIT_CODES_HELP)

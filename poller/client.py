@@ -87,10 +87,14 @@ class ApiClient:
             params: dict[str, str | int] = {"limit": want, "offset": offset}
             if state is not None:
                 params["state"] = state
+            asked = offset
             page = self._object(self._call("GET", "/jobs", params=params))
             found, offset = page.get("items"), page.get("next_offset")
             if not isinstance(found, list) or not (offset is None or isinstance(offset, int)):
                 raise ApiError(f"{self.where} answered a page this client cannot read")
+            if offset is not None and (not found or offset <= asked):
+                # A page that does not move on would be asked for again and again.
+                raise ApiError(f"{self.where} answered a page that does not move on ({asked})")
             items += found
             total = page["total"] if isinstance(page.get("total"), int) else None
         return Listing(items, total, offset)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from poller.logs import printable
+
 JOB_COLUMNS = (
     ("REQUEST_ID", "request_id"),
     ("CLUSTER", "cluster"),
@@ -50,9 +52,13 @@ def cell(value: Any) -> str:
     if value is None or value == "" or value == {}:
         return EMPTY
     if isinstance(value, Mapping):
-        return ",".join(f"{k}={v}" for k, v in value.items())
-    text = " ".join(str(value).split())
-    return short_time(text)
+        return ",".join(f"{one_line(k)}={one_line(v)}" for k, v in value.items())
+    return short_time(one_line(value))
+
+
+def one_line(value: Any) -> str:
+    """Any text as one printable line."""
+    return printable(" ".join(str(value).split()))
 
 
 def short_time(text: str) -> str:
@@ -78,7 +84,7 @@ def job_details(record: Mapping[str, Any]) -> str:
         value = record[key]
         text = EMPTY if value is None or value in ("", {}) else cell(value)
         if isinstance(value, str) and text != EMPTY:
-            text = " ".join(value.split())  # in full: times keep their fractions
+            text = one_line(value)  # in full: times keep their fractions
         lines.append(f"{key.ljust(width)}  {text}")
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import types
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -116,7 +117,9 @@ class JsonLinesFormatter(JsonFormatter):
     every text masked before it is serialised (so an escaped secret cannot slip through)."""
 
     def __init__(self, masker: Masker) -> None:
-        super().__init__(json_ensure_ascii=False)
+        # ASCII only: a line shown on a terminal (kubectl logs) cannot carry a control character
+        # that a terminal acts on (C1 controls, bidirectional overrides) from anyone's text.
+        super().__init__(json_ensure_ascii=True)
         self.masker = masker
 
     def add_fields(
@@ -139,12 +142,36 @@ class JsonLinesFormatter(JsonFormatter):
                 log_data[name] = self.masker(str(text))
 
 
+# Format characters that reorder or hide text on a terminal (bidirectional overrides, zero-width).
+_HIDING = frozenset(
+    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+)
+
+
+def printable(text: str) -> str:
+    """``text`` with control and hiding characters shown as escapes: anyone's text (a request
+    path, a label, a driver's message) must not forge a line, move the cursor, or retitle or
+    clear a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if ch in _HIDING or (unicodedata.category(ch) == "Cc" and ch != " ")
+        else ch
+        for ch in text
+    )
+
+
 class TextFormatter(logging.Formatter):
-    """The human format, the request fields appended; the whole text masked."""
+    """The human format, the request fields appended; the whole text masked. The line itself
+    is one line whatever its message holds; only a traceback adds lines."""
 
     def __init__(self, masker: Masker) -> None:
         super().__init__(TEXT_FORMAT)
         self.masker = masker
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

@@ -68,7 +68,8 @@ PUBLISH_SECONDS = Histogram(
 PUBLISH_FAILURES = Counter(
     PREFIX + "publish_failures",
     "Event sends that failed and wait for a retry, by cause (refused: could not be queued; "
-    "delivery: the broker did not take it; no_report: no delivery report in time).",
+    "delivery: the broker did not take it; no_report: no delivery report in time; build: the "
+    "record could not be turned into an event).",
     ["cause"],
 )
 SUBMIT_TO_EVENT_SECONDS = Histogram(

@@ -9,6 +9,7 @@ one line a minute rather than one per poll, and loses nothing.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -86,9 +87,12 @@ class Outbox:
         self.stuck_after_s = stuck_after_s
         self._lock = threading.Lock()
         # request_id -> when it was sent (monotonic) and the producer that took it
-        self._in_flight: dict[str, tuple[float, object]] = {}
+        # A send is one attempt: a report about an attempt no longer in flight (given up as stuck,
+        # then purged with its producer) must not settle or fail the one that replaced it.
+        self._in_flight: dict[str, tuple[float, object, int]] = {}
+        self._attempts = itertools.count(1)
         self._delivered: dict[str, threading.Event] = {}
-        self._reports: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._reports: queue.Queue[tuple[str, str | None, int]] = queue.Queue()
         self._unsettled: set[str] = set()  # delivered, not yet marked done (database down)
         self._offered: dict[str, JobRecord] = {}  # what was sent, for the metrics once settled
         self._waiting: dict[str, str] = {}  # request_id -> why its last attempt failed
@@ -105,12 +109,13 @@ class Outbox:
         with self._lock:
             if request_id in self._in_flight or request_id in self._unsettled:
                 return
-            self._in_flight[request_id] = (time.monotonic(), None)
+            attempt = next(self._attempts)
+            self._in_flight[request_id] = (time.monotonic(), None, attempt)
             self._offered[request_id] = record
         try:
             producer = self.publisher.send(
                 completion_event(record),
-                lambda err: self._reports.put((request_id, err)),
+                lambda err: self._reports.put((request_id, err, attempt)),
                 trace_of(record),
             )
         except PublishFailed as exc:
@@ -120,8 +125,9 @@ class Outbox:
             self._failed(request_id, f"could not build the event: {type(exc).__name__}", "build")
         else:
             with self._lock:
-                if request_id in self._in_flight:
-                    self._in_flight[request_id] = (self._in_flight[request_id][0], producer)
+                sent = self._in_flight.get(request_id)
+                if sent is not None and sent[2] == attempt:
+                    self._in_flight[request_id] = (sent[0], producer, attempt)
 
     def wait_published(self, request_id: str, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the event of an offered request to be confirmed here.
@@ -148,26 +154,31 @@ class Outbox:
         next_housekeeping = time.monotonic() + RELAY_STEP_S
         while True:
             try:
-                request_id, error = self._reports.get(timeout=RELAY_STEP_S)
+                request_id, error, attempt = self._reports.get(timeout=RELAY_STEP_S)
             except queue.Empty:
                 if self._stop.is_set():
                     return
-                request_id, error = "", None
+                request_id, error, attempt = "", None, 0
             if time.monotonic() >= next_housekeeping:  # on a clock: reports may never pause
                 next_housekeeping = time.monotonic() + RELAY_STEP_S
                 self._housekeeping()
             if not request_id:
                 continue
-            if error is None:
-                with self._lock:
+            with self._lock:
+                sent = self._in_flight.get(request_id)
+                current = sent is not None and sent[2] == attempt
+                if error is None:  # whichever attempt it was, the broker has the event
                     self._unsettled.add(request_id)
-                    sent = self._in_flight.pop(request_id, None)
                     self._waiting.pop(request_id, None)
-                if sent is not None:
+                    if current:
+                        del self._in_flight[request_id]
+            if error is None:
+                if current and sent is not None:
                     PUBLISH_SECONDS.observe(time.monotonic() - sent[0])
                 self._settle(request_id)
-            else:
+            elif current:
                 self._failed(request_id, error, "delivery")
+            # else: the failure of an attempt already given up; its successor is on its way
 
     @log_scope
     def _settle(self, request_id: str) -> None:
@@ -216,7 +227,7 @@ class Outbox:
             unsettled = list(self._unsettled)
             stuck = {
                 r: producer
-                for r, (at, producer) in self._in_flight.items()
+                for r, (at, producer, _) in self._in_flight.items()
                 if now - at > self.stuck_after_s
             }
             for request_id in stuck:

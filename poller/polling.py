@@ -24,7 +24,7 @@ from poller.errors import (
     StoreUnavailable,
     UnknownCluster,
 )
-from poller.logs import add_log_context, log_scope
+from poller.logs import add_log_context, current_log_context, log_scope
 from poller.metrics import POLL_ERRORS, POLLS
 from poller.outbox import Outbox
 from poller.schemas import DriverState, JobRecord, Phase
@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 ASKING_SPARK = (Phase.POLLING, Phase.CANCELLING)
 
 RemoveJob = Callable[[str], None]
+
+
+def _run_cluster() -> str:
+    """The cluster of the request this run is about, once its record was read ("" before)."""
+    return current_log_context().get("cluster", "")
 
 
 def error_cause(exc: Exception) -> str:
@@ -146,8 +151,8 @@ class Poller:
                 else:
                     POLLS.labels("", "skipped").inc()
         except PollerError as exc:
-            if not isinstance(exc, SparkError):  # Spark's are counted with their cluster
-                POLL_ERRORS.labels("", error_cause(exc)).inc()
+            if not isinstance(exc, SparkError):  # Spark's are counted where they happen
+                POLL_ERRORS.labels(_run_cluster(), error_cause(exc)).inc()
             logger.warning(
                 "poll of %s failed, retrying next run: %s",
                 request_id,
@@ -155,7 +160,7 @@ class Poller:
                 extra={"request_id": request_id},
             )
         except Exception:
-            POLL_ERRORS.labels("", "other").inc()
+            POLL_ERRORS.labels(_run_cluster(), "other").inc()
             logger.exception(
                 "poll of %s failed unexpectedly, retrying next run",
                 request_id,

@@ -99,8 +99,8 @@ def trace_context(traceparent: str | None, tracestate: str | None) -> TraceConte
 
     Trace Context says an invalid ``traceparent`` is ignored, not refused: tracing must never
     fail a call. A later version's extra fields are dropped (what this version can read is
-    kept); ``tracestate`` travels only with a valid ``traceparent``, and only while it is
-    printable and of the size the specification allows.
+    kept, as version 00); ``tracestate`` travels only with a valid ``traceparent``, and only
+    while it is printable and of the size the specification allows.
     """
     if traceparent is None:
         return None
@@ -121,7 +121,8 @@ def trace_context(traceparent: str | None, tracestate: str | None) -> TraceConte
     state = None if tracestate is None else tracestate.strip()
     if not state or len(state) > TRACESTATE_MAX_CHARS or not _TRACESTATE.fullmatch(state):
         state = None
-    return TraceContext(traceparent=value[: match.end()], tracestate=state)
+    # Carried on as the version this code speaks: a later version's extra fields are dropped.
+    return TraceContext(traceparent="00" + value[2 : match.end()], tracestate=state)
 
 
 def event_id_for(request_id: str) -> str:

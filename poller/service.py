@@ -291,16 +291,26 @@ class Service:
         else:
             self._leading.clear()
         LEASE_HELD.set(1 if leading else 0)
+        if not leading:
+            STORE.update(None)  # the store's figures are the leader's to report
         LEASE_CHANGES.labels("taken" if leading else "lost").inc()
 
     def _sample_store(self) -> str | None:
         """Read the figures /metrics serves from the database (every few seconds, in the
-        background: a scrape never waits on the database)."""
+        background: a scrape never waits on the database).
+
+        Only the leader serves them: they describe the whole store, and replicas summed on a
+        dashboard would count each request once per replica. Figures it cannot read are
+        dropped rather than frozen: a stale 0 would hide a stall from every alert."""
+        if not self._leading.is_set():
+            STORE.update(None)
+            return None
         try:
             groups = self.store.open_counts()
             jobs, earliest = self.scheduler.store_stats()
-        except PollerError as exc:
-            return exc.message  # the last figures stay; readiness reports the database
+        except Exception as exc:
+            STORE.update(None)
+            return exc.message if isinstance(exc, PollerError) else type(exc).__name__
         now = datetime.now(UTC)
         in_phase: dict[str, float] = {}
         for _cluster, phase, _count, entered_at in groups:

@@ -80,7 +80,6 @@ def event_line(
             .isoformat()
             .replace("+00:00", "Z"),
         },
-        ensure_ascii=False,
     )
 
 
@@ -108,11 +107,12 @@ def tail(
     try:
         try:
             # All topics: asking for ours by name could create it on some brokers.
-            metadata = consumer.list_topics(timeout=METADATA_TIMEOUT_S)
+            wait_s = METADATA_TIMEOUT_S
+            if deadline is not None:
+                wait_s = max(0.1, min(wait_s, deadline - time.monotonic()))
+            metadata = consumer.list_topics(timeout=wait_s)
         except KafkaException:
-            raise TailError(
-                f"cannot reach the Kafka broker within {METADATA_TIMEOUT_S:g}s"
-            ) from None
+            raise TailError(f"cannot reach the Kafka broker within {wait_s:g}s") from None
         found = metadata.topics.get(topic)
         if found is None:
             raise TailError(f"topic {topic} does not exist")

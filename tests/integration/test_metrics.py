@@ -183,3 +183,37 @@ def test_metrics_follow_the_health_checks_auth_rules(start_service: ServiceFacto
     )
     assert answer.status_code == 200
     assert "spark_poller_build_info" in answer.text
+
+
+def test_only_the_leader_serves_the_store_figures(
+    start_service: ServiceFactory, job_body: JobBody, events: EventReader
+) -> None:
+    """Every replica sees the same store: summed on a dashboard, each would count every request
+    once per replica. The standby serves its own counters, not the store's figures."""
+    leader = start_service()
+    wait_for(lambda: value(scrape(leader), "spark_poller_scheduler_lease_held") == 1, 30, "lease")
+    standby = start_service()
+    answer = standby.post("/submit", json={"request_id": "m-standby", "job": job_body(seconds=2)})
+    assert answer.status_code == 202, answer.text
+    wait_for(
+        lambda: series(scrape(leader), "spark_poller_requests_in_flight") != [],
+        15,
+        "the leader's store figures",
+    )
+    on_standby = scrape(standby)
+    assert value(on_standby, "spark_poller_scheduler_lease_held") == 0
+    for name in ("spark_poller_requests_in_flight", "spark_poller_job_store_jobs"):
+        assert series(on_standby, name) == []
+    assert value(on_standby, "spark_poller_http_requests_total", route="/submit") == 1
+    events.wait_for_keys({"m-standby"})
+
+    leader.kill9()  # the standby takes over, and with the lease its figures
+    wait_for(
+        lambda: (
+            value(scrape(standby), "spark_poller_scheduler_lease_held") == 1
+            and series(scrape(standby), "spark_poller_job_store_jobs") != []
+        ),
+        30,
+        "the former standby leading and serving the store figures",
+    )
+    assert value(scrape(standby), "spark_poller_lease_changes_total", change="taken") == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from requests.adapters import BaseAdapter
 from typer.testing import CliRunner
 
 from poller import display
+from poller.checks import check_database
 from poller.cli import app, default_text, settings_help
 from poller.client import (
     EXIT_CONFLICT,
@@ -31,7 +33,7 @@ from poller.config import Settings
 from poller.errors import StoreUnavailable
 from poller.logs import add_log_context, current_log_context, log_context, log_handler, log_scope
 from poller.masking import Masker, describe_failure, secret_values
-from poller.tail import PRODUCER_ONLY, consumer_config, event_line
+from poller.tail import PRODUCER_ONLY, TailError, consumer_config, event_line, tail
 
 # -- secrets -------------------------------------------------------------------------------------
 
@@ -491,3 +493,79 @@ def test_the_viewer_uses_the_producers_security_settings_and_commits_nothing() -
     assert config["ssl.endpoint.identification.algorithm"] == "https"
     assert config["enable.auto.commit"] is False
     assert not PRODUCER_ONLY & config.keys()
+
+
+def test_a_listing_that_does_not_move_on_stops_with_an_error() -> None:
+    """A server answering the same next_offset (or an empty page with more to come) would keep
+    ``jobs list --all`` asking, and holding every page, for ever."""
+    same = {"items": [{"request_id": "r0"}], "total": None, "limit": 1, "offset": 0}
+    for page in ({**same, "next_offset": 0}, {**same, "items": [], "next_offset": 5}):
+        client, fake = client_of(lambda _request, page=page: (200, page))
+        with pytest.raises(ApiError, match="does not move on"):
+            client.list_jobs(None, None)
+        assert len(fake.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "boom \x1b]0;pwned\x07\x1b[2J",  # retitle and clear the terminal
+        "a\nstate      FINISHED\r\x1b[1A",  # forge a line, move the cursor up
+        "x\u202egnp.exe",  # reorder what follows
+        "c1 \x9b2J",  # a C1 control sequence introducer
+    ],
+)
+def test_anyones_text_cannot_drive_the_terminal(hostile: str) -> None:
+    record = {"request_id": "r", "message": hostile, "labels": {"team": hostile, hostile: "v"}}
+    for shown in (display.job_details(record), display.jobs_table([record])):
+        assert all(ch == "\n" or (ch.isprintable() and ch != "\u202e") for ch in shown)
+    details = display.job_details(record)
+    assert len(details.splitlines()) == len([k for k in display.RECORD_FIELDS if k in record])
+    assert "\\x1b" in details or "\\u202e" in details or "\\x9b" in details
+
+
+def test_a_text_log_line_stays_one_line_whatever_its_message() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("poller.test.forged")
+    logger.propagate = False
+    logger.addHandler(log_handler("text", [], stream))
+    try:
+        logger.warning("GET /x\n2026-11-26 00:00:00 CRITICAL forged \x1b[2J -> 401")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.handlers.clear()
+    first, second, *traceback = stream.getvalue().splitlines()
+    assert "WARNING" in first
+    assert "\\n2026-11-26" in first
+    assert "\\x1b[2J" in first
+    assert second.endswith("failed")
+    assert traceback[0] == "Traceback (most recent call last):"
+
+
+def test_a_json_log_line_is_ascii_so_no_control_reaches_a_terminal(
+    log_output: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = log_output
+    logger.warning("label \u202e and \x9b2J and é")
+    text = stream.getvalue()
+    assert text.isascii()
+    assert lines(stream)[-1]["message"] == "label \u202e and \x9b2J and é"
+
+
+def test_a_database_url_naming_a_missing_driver_is_one_fail_line() -> None:
+    settings = Settings(database_url=SecretStr("postgresql+nosuchdriver://u:s3cr3t-pw@db/x"))
+    result = check_database(settings, Masker(secret_values(settings)))
+    assert not result.ok
+    assert "s3cr3t-pw" not in result.detail
+    assert "\n" not in result.detail
+
+
+def test_events_tail_gives_up_on_an_unreachable_broker_within_its_timeout() -> None:
+    settings = Settings(kafka_bootstrap_servers="127.0.0.1:1")
+    started = time.monotonic()
+    with pytest.raises(TailError, match="cannot reach the Kafka broker"):
+        tail(settings, print, timeout_s=1.5)
+    assert time.monotonic() - started < 5

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from poller.config import Settings
+from poller.migrate import MIGRATION_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -312,6 +313,17 @@ def test_base_probes_and_scrape_point_at_the_service(
         assert selector.items() <= pod_labels.items()
     [rule] = one(docs, "NetworkPolicy")["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+
+
+def test_the_startup_probe_waits_out_a_schema_migration(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A start runs the migrations before it binds its port; a probe that gives up sooner
+    restarts the pod mid-migration (rolled back), again and again."""
+    for docs in rendered.values():
+        probe = container(docs)["startupProbe"]
+        budget_s = probe["periodSeconds"] * probe["failureThreshold"]
+        assert budget_s >= MIGRATION_TIMEOUT_S + 10
 
 
 def test_base_pod_is_locked_down(rendered: dict[str, list[dict[str, Any]]]) -> None:
