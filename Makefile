@@ -59,6 +59,7 @@ lint: deps
 bench: java deps
 	$(PY) bench/latency.py
 	$(PY) bench/sqlite_sync.py
+	$(PY) bench/capacity.py --drivers 1000 --measure 60
 
 # Everything the project makes: virtualenvs, the demo's state, build output, caches, and the
 # SQLite files of a `spark-poller serve` run here with the default POLLER_DATABASE_URL.
