@@ -17,7 +17,7 @@ from poller.devstack import (
     DEMO_MARKER,
     DEMO_PORTS,
     DemoSetupError,
-    free_port,
+    free_ports,
     port_taken,
     prepare_workdir,
 )
@@ -29,8 +29,8 @@ def demo_env(**ports: int) -> dict[str, str]:
     """The environment of a demo on free ports (``ports`` overrides some), so it collides with
     nothing on the machine; POLLER_* of the caller left out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POLLER_", "DEMO_"))}
-    for port in DEMO_PORTS:
-        env[port.variable] = str(ports.get(port.variable, free_port()))
+    for port, free in zip(DEMO_PORTS, free_ports(len(DEMO_PORTS)), strict=True):
+        env[port.variable] = str(ports.get(port.variable, free))
     return env
 
 

@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
-from poller.devstack import DEMO_PORTS, free_port, port_taken, wait_for
+from poller.devstack import DEMO_PORTS, free_ports, port_taken, wait_for
 from tests.support import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,9 +64,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     workdir = tmp_path_factory.mktemp("readme-demo")
     env = clean_env()
     ports: dict[str, int] = {}
-    for port in DEMO_PORTS:
-        ports[str(port.default)] = free_port()
-        env[port.variable] = str(ports[str(port.default)])
+    for port, free in zip(DEMO_PORTS, free_ports(len(DEMO_PORTS)), strict=True):
+        ports[str(port.default)] = free
+        env[port.variable] = str(free)
     output = workdir / "demo.out"
     with output.open("wb") as sink:
         proc = subprocess.Popen(
