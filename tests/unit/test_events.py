@@ -9,11 +9,13 @@ import pytest
 
 from poller.config import Settings
 from poller.events import EVENT_TYPE, producer_config, to_kafka_message
-from poller.schemas import CompletionEvent, DriverState, event_id_for
+from poller.schemas import CompletionEvent, DriverState, TraceContext, event_id_for
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def test_binary_mode_record() -> None:
-    event = CompletionEvent(
+def failed_event() -> CompletionEvent:
+    return CompletionEvent(
         event_id=event_id_for("r-1"),
         request_id="r-1",
         submission_id="driver-1",
@@ -26,6 +28,10 @@ def test_binary_mode_record() -> None:
         polls=10,
         labels={"a": "b"},
     )
+
+
+def test_binary_mode_record() -> None:
+    event = failed_event()
     record = to_kafka_message(event, "spark-poller/test")
     assert record.key == b"r-1"
     assert record.headers["ce_id"] == event.event_id.encode()
@@ -64,3 +70,15 @@ def test_security_settings_reach_the_producer(monkeypatch: pytest.MonkeyPatch) -
     assert config["enable.idempotence"] is True
     assert config["acks"] == "all"
     assert "pw-secret" not in repr(settings)
+
+
+def test_the_event_carries_the_trace_as_cloudevents_extension_headers() -> None:
+    event = failed_event()
+    traced = to_kafka_message(
+        event, "spark-poller", TraceContext(traceparent=TRACEPARENT, tracestate="a=b")
+    )
+    assert traced.headers["ce_traceparent"] == TRACEPARENT.encode()
+    assert traced.headers["ce_tracestate"] == b"a=b"
+    plain = to_kafka_message(event, "spark-poller")
+    assert not {"ce_traceparent", "ce_tracestate"} & set(plain.headers)
+    assert traced.value == plain.value  # the value is the same with or without a trace
