@@ -196,13 +196,7 @@ class Poller:
             if record.phase == Phase.CANCELLING and self._kill_unconfirmed(record, utcnow()):
                 return self._kill_deadline_passed(record)
             raise
-        self.store.record_poll(
-            record.request_id,
-            status.state if status.found else None,
-            status.raw_state,
-            status.message,
-        )
-        record = self._reload(record.request_id)
+        record = self.store.record_poll(record, status) or self._reload(record.request_id)
         ended = status.found and status.state is not None and status.state.terminal
         outcome = "ended" if ended else "running" if status.found else "unknown"
         POLLS.labels(record.cluster, outcome).inc()

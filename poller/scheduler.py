@@ -13,13 +13,13 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_STOPPED
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import StoreUnavailable
+from poller.jobstore import OwnedJobStore
 from poller.metrics import SCHEDULER_LAG_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class PollScheduler:
     def __init__(self, engine: Engine, job_func: str, interval_s: float, threads: int) -> None:
         self.job_func = job_func
         self.interval_s = interval_s
-        self.jobstore = SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE)
+        self.jobstore = OwnedJobStore(engine, JOBS_TABLE)
         self.scheduler = ResilientScheduler(
             jobstores={"default": self.jobstore},
             executors={"default": TimedPoolExecutor(max_workers=threads)},
@@ -140,13 +140,23 @@ class PollScheduler:
         """Start paused, so the caller can reconcile before any job runs, then :meth:`resume`."""
         self.scheduler.start(paused=True)
 
+    def lead(self) -> int:
+        """This process owns the job store now: hold every job in memory (still paused);
+        returns how many jobs there are."""
+        try:
+            return self.jobstore.own()
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
     def resume(self) -> None:
         self.scheduler.resume()
 
     def pause(self) -> None:
-        """No new runs from now on (runs already handed to a thread finish)."""
+        """No new runs from now on (runs already handed to a thread finish), and no more
+        writes of run times: another process may own the job store from now on."""
         if self.scheduler.state != STATE_STOPPED:
             self.scheduler.pause()
+        self.jobstore.disown()
 
     def alive(self) -> bool:
         thread = getattr(self.scheduler, "_thread", None)
@@ -216,6 +226,9 @@ class PollScheduler:
 
     def store_stats(self) -> tuple[int, datetime | None]:
         """How many jobs the store holds, and the earliest next run time among them."""
+        held = self.jobstore.stats()
+        if held is not None:
+            return held
         table = self.jobstore.jobs_t
         query = select(func.count(), func.min(table.c.next_run_time))
         try:
@@ -230,6 +243,9 @@ class PollScheduler:
         ids = list(request_ids)
         if not ids:
             return {}
+        held = self.jobstore.next_run_times(ids)
+        if held is not None:
+            return held
         table = self.jobstore.jobs_t
         query = select(table.c.id, table.c.next_run_time).where(table.c.id.in_(ids))
         try:

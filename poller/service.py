@@ -39,6 +39,7 @@ RECOVERY_STEP_S = 5.0
 HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_STALE_AFTER_S = 15.0
 METRICS_SAMPLE_PERIOD_S = 5.0
+POLL_COUNTS_FLUSH_S = 5.0
 
 
 class Service:
@@ -157,6 +158,10 @@ class Service:
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
         self.jobs.flush_pending_writes(PENDING_WRITES_FLUSH_S)
+        try:
+            self.store.flush_poll_counts()
+        except PollerError as exc:
+            logger.warning("poll counts not saved at stop: %s", exc.message)
         self.health.stop()
         self.sampler.stop()
         self.publisher.close()  # flushes: the reports of events still on their way arrive
@@ -172,9 +177,9 @@ class Service:
     def reconcile(self, load_jobs: bool = False) -> tuple[int, int]:
         """Make poll jobs match our records: re-create missing ones, drop orphans.
 
-        ``load_jobs`` unpickles every stored job (APScheduler deletes rows it cannot load), which
-        start-up wants; the periodic check only reads ids. Jobs are read before records so a
-        request finishing in between is never given a fresh job.
+        ``load_jobs`` compares the jobs held in memory (taking the lead loaded them, dropping rows
+        that would not unpickle), which start-up wants; the periodic check reads the table's ids.
+        Jobs are read before records so a request finishing in between is never given a fresh job.
         """
         jobs = self.scheduler.job_ids() if load_jobs else self.scheduler.stored_ids()
         active = self.store.active_ids()
@@ -220,6 +225,9 @@ class Service:
         beats = self._beats
         if self.jobs.pending_writes:
             self.jobs.retry_pending_writes()
+        if now >= beats.next_counts_flush:
+            beats.next_counts_flush = now + POLL_COUNTS_FLUSH_S
+            self.store.flush_poll_counts()
         if not self._activated.is_set():
             return
         if not self._leading.is_set():
@@ -267,10 +275,12 @@ class Service:
                 return False
             self.jobs.retire(stranded)
             self.jobs.recover_submissions()
+            self.scheduler.lead()
             self.reconcile(load_jobs=True)
             overdue = self.scheduler.spread_overdue(self.settings.poll_interval_seconds)
         except Exception as exc:
             logger.warning("could not take over scheduling yet: %s; retrying", exc)
+            self.scheduler.pause()
             self.lease.release()
             return False
         self._set_leading(True)
@@ -370,6 +380,7 @@ class _Beats:
     def __init__(self) -> None:
         self.next_lease_try = self.next_lease_check = 0.0
         self.next_recovery = self.next_reconcile = 0.0
+        self.next_counts_flush = 0.0
         self._said_standby = False
         self.problem: str | None = None  # why the last step failed, until one succeeds
         self._last_failure = ""

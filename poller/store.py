@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,7 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from poller import migrate
 from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
 from poller.models import RequestRow
-from poller.schemas import DriverState, JobRecord, Phase, TraceContext, event_id_for
+from poller.schemas import (
+    DriverState,
+    DriverStatus,
+    JobRecord,
+    Phase,
+    TraceContext,
+    event_id_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +39,15 @@ CONFLICT_ATTEMPTS = 3
 # Writes below must not make the ORM read rows first: that read would sit outside the
 # transaction on SQLite (pysqlite begins one only at the first write).
 NO_PRE_READ = {"synchronize_session": False}
+
+_REQUESTS = cast(Table, RequestRow.__table__)
+# The poll path's statements, built once: Core, no ORM session per poll.
+_GET = select(_REQUESTS).where(_REQUESTS.c.request_id == bindparam("rid"))
+_ADD_POLLS = (
+    update(_REQUESTS)
+    .where(_REQUESTS.c.request_id == bindparam("rid"))
+    .values(polls=_REQUESTS.c.polls + bindparam("n"), last_polled_at=bindparam("at"))
+)
 
 
 def utcnow() -> datetime:
@@ -56,7 +73,8 @@ def _translate_db_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _record(row: RequestRow) -> JobRecord:
+def _record(row: Any) -> JobRecord:
+    """A record from an ORM row or a Core row of the requests table."""
     published = row.published_at is not None
     return JobRecord(
         request_id=row.request_id,
@@ -113,6 +131,49 @@ class RequestStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # Polls that changed nothing but the counters: counted here, written in batches
+        # (flush_poll_counts), folded into the request's next write, and shown by every read.
+        self._counts_lock = threading.Lock()
+        self._counts: dict[str, tuple[int, datetime]] = {}
+
+    def _with_counts(self, record: JobRecord) -> JobRecord:
+        with self._counts_lock:
+            pending = self._counts.get(record.request_id)
+        if pending is None:
+            return record
+        return record.model_copy(
+            update={"polls": record.polls + pending[0], "last_polled_at": pending[1]}
+        )
+
+    def _take_count(self, request_id: str) -> tuple[int, datetime] | None:
+        with self._counts_lock:
+            return self._counts.pop(request_id, None)
+
+    def _restore_count(self, request_id: str, taken: tuple[int, datetime] | None) -> None:
+        if taken is None:
+            return
+        with self._counts_lock:
+            n, at = self._counts.get(request_id, (0, taken[1]))
+            self._counts[request_id] = (n + taken[0], max(at, taken[1]))
+
+    @_translate_db_errors
+    def flush_poll_counts(self) -> int:
+        """Write the counted polls in one transaction; returns how many requests had some.
+
+        A crash loses at most the polls counted since the last flush: counters, not state."""
+        with self._counts_lock:
+            batch, self._counts = self._counts, {}
+        if not batch:
+            return 0
+        rows = [{"rid": rid, "n": n, "at": at} for rid, (n, at) in batch.items()]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_ADD_POLLS, rows)
+        except BaseException:
+            for rid, taken in batch.items():
+                self._restore_count(rid, taken)
+            raise
+        return len(rows)
 
     @_translate_db_errors
     def create_schema(self, auto_migrate: bool = True) -> None:
@@ -277,9 +338,9 @@ class RequestStore:
 
     @_translate_db_errors
     def get(self, request_id: str) -> JobRecord | None:
-        with self._sessions() as session:
-            row = session.get(RequestRow, request_id)
-            return None if row is None else _record(row)
+        with self.engine.connect() as conn:
+            row = conn.execute(_GET, {"rid": request_id}).first()
+        return None if row is None else self._with_counts(_record(row))
 
     @_translate_db_errors
     def page(self, state: DriverState | None, limit: int, offset: int) -> list[JobRecord]:
@@ -289,7 +350,8 @@ class RequestStore:
             query = query.where(RequestRow.state == state.value)
         query = query.order_by(RequestRow.submitted_at, RequestRow.request_id)
         with self._sessions() as session:
-            return [_record(row) for row in session.scalars(query.limit(limit).offset(offset))]
+            rows = session.scalars(query.limit(limit).offset(offset))
+            return [self._with_counts(_record(row)) for row in rows]
 
     @_translate_db_errors
     def count(self, state: DriverState | None, up_to: int) -> int | None:
@@ -304,28 +366,61 @@ class RequestStore:
         return total if total <= up_to else None
 
     @_translate_db_errors
-    def record_poll(
-        self,
-        request_id: str,
-        status_state: DriverState | None,
-        raw_state: str | None,
-        message: str | None,
-    ) -> None:
-        """Count one status call; ``status_state`` None means Spark did not know the driver."""
+    def record_poll(self, record: JobRecord, status: DriverStatus) -> JobRecord | None:
+        """Count one status answer of ``record``'s driver and keep what it changed.
+
+        An answer that changes nothing but the counters writes nothing now (see
+        :meth:`flush_poll_counts`). Returns the record as it is now, or None when the request
+        left the phases that ask Spark meanwhile (a cancel elsewhere): read it again then."""
         now = utcnow()
-        values: dict[str, object] = {"polls": RequestRow.polls + 1, "last_polled_at": now}
-        if status_state is None:
-            values["unknown_polls"] = RequestRow.unknown_polls + 1
+        changes: dict[str, object] = {}
+        if not status.found:
+            changes["unknown_polls"] = record.unknown_polls + 1
         else:
-            values.update(state=status_state.value, spark_state=raw_state, unknown_polls=0)
-            if message:
-                values["message"] = message
-        with self._tx() as session:
-            session.execute(
-                update(RequestRow)
-                .where(RequestRow.request_id == request_id, RequestRow.phase.in_(ASKING_SPARK))
-                .values(**values)
-            )
+            assert status.state is not None
+            if status.state != record.state:
+                changes["state"] = status.state
+            if status.raw_state != record.spark_state:
+                changes["spark_state"] = status.raw_state
+            if status.message and status.message != record.message:
+                changes["message"] = status.message
+            if record.unknown_polls:
+                changes["unknown_polls"] = 0
+        if not changes:
+            with self._counts_lock:
+                n, _ = self._counts.get(record.request_id, (0, now))
+                self._counts[record.request_id] = (n + 1, now)
+            return record.model_copy(update={"polls": record.polls + 1, "last_polled_at": now})
+        taken = self._take_count(record.request_id)
+        earlier = 0 if taken is None else taken[0]
+        values: dict[str, object] = {
+            **changes,
+            "polls": RequestRow.polls + earlier + 1,
+            "last_polled_at": now,
+        }
+        if not status.found:
+            values["unknown_polls"] = RequestRow.unknown_polls + 1
+        elif "state" in changes:
+            values["state"] = status.state.value if status.state else None
+        try:
+            with self._tx() as session:
+                moved = session.execute(
+                    update(RequestRow)
+                    .where(
+                        RequestRow.request_id == record.request_id,
+                        RequestRow.phase.in_(ASKING_SPARK),
+                    )
+                    .values(**values)
+                    .execution_options(**NO_PRE_READ)
+                )
+        except BaseException:
+            self._restore_count(record.request_id, taken)
+            raise
+        if not _rowcount(moved):
+            return None
+        return record.model_copy(
+            update={**changes, "polls": record.polls + 1, "last_polled_at": now}
+        )
 
     @_translate_db_errors
     def mark_cancelling(self, request_id: str, message: str) -> bool:
@@ -358,13 +453,20 @@ class RequestStore:
         }
         if message:
             values["message"] = message
-        with self._tx() as session:
-            result = session.execute(
-                update(RequestRow)
-                .where(RequestRow.request_id == request_id, RequestRow.phase.in_(phases))
-                .values(**values)
-            )
-            return bool(_rowcount(result))
+        taken = self._take_count(request_id)
+        if taken is not None:  # the polls counted so far go into the event
+            values.update(polls=RequestRow.polls + taken[0], last_polled_at=taken[1])
+        try:
+            with self._tx() as session:
+                result = session.execute(
+                    update(RequestRow)
+                    .where(RequestRow.request_id == request_id, RequestRow.phase.in_(phases))
+                    .values(**values)
+                )
+        except BaseException:
+            self._restore_count(request_id, taken)
+            raise
+        return bool(_rowcount(result))
 
     @_translate_db_errors
     def mark_published(self, request_id: str) -> None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from poller.db import create_db_engine
 from poller.devstack import Postgres
 from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
-from poller.schemas import DriverState, JobRecord, Phase
+from poller.schemas import DriverState, DriverStatus, JobRecord, Phase
 from poller.store import RequestStore
 from tests.databases import new_pg_database
 
@@ -251,8 +251,9 @@ def test_times_read_back_in_utc_whatever_the_server_time_zone(postgres: Postgres
     store = RequestStore(engine)
     store.create_schema()
     store.insert("paris", "default", {})
-    store.mark_submitted("paris", DRIVER, DriverState.RUNNING)
-    store.record_poll("paris", DriverState.FINISHED, "FINISHED", None)
+    running = store.mark_submitted("paris", DRIVER, DriverState.RUNNING)
+    assert running is not None
+    store.record_poll(running, DriverStatus(found=True, state=DriverState.RUNNING))
     store.complete("paris", DriverState.FINISHED, None)
     record = store.get("paris")
     assert record is not None

@@ -1,0 +1,293 @@
+"""APScheduler's SQLAlchemy job store, built for a store that one scheduler owns (the lease).
+
+The stock store reads, unpickles, re-pickles and commits a job's row on every run: past a few
+thousand jobs that bookkeeping costs more than the polls themselves. The lease makes this process
+the only one that schedules, so once it leads it can keep every job in memory:
+
+- adds and removes are written through at once (durable before the API answers);
+- a run's new next-run-time lands in memory and is written, with every other changed one, in one
+  batched UPDATE a second later (a time lost in a crash only makes that poll come early: the
+  start-up spreads overdue polls over one interval);
+- an unchanged job is never pickled again.
+
+Other processes (standbys serving the API) still add and remove rows: a background pass notices
+rows it does not hold and loads them, and a removed row's job goes away at its next run (the poll
+finds its request done and removes it). Until :meth:`own` is called, and after :meth:`disown`, the
+store is the stock table-backed one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from datetime import datetime
+from typing import Any
+
+from apscheduler.job import Job
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
+from sqlalchemy import Engine, bindparam, select
+
+logger = logging.getLogger(__name__)
+
+SYNC_INTERVAL_S = 1.0
+LOAD_CHUNK = 500
+
+
+class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
+    """Jobs in memory while this process owns the store; rows kept for restarts and standbys."""
+
+    def __init__(
+        self, engine: Engine, tablename: str, sync_interval_s: float = SYNC_INTERVAL_S
+    ) -> None:
+        super().__init__(engine=engine, tablename=tablename)
+        self.sync_interval_s = sync_interval_s
+        # Guards everything below; held across a write-through so memory and rows agree.
+        self._lock = threading.RLock()
+        self._owned = False
+        self._jobs: dict[str, Job] = {}
+        self._times: dict[str, float | None] = {}
+        # (next run timestamp, id); an entry whose time no longer matches _times is stale.
+        self._heap: list[tuple[float, str]] = []
+        self._unsaved: dict[str, float | None] = {}  # next run times not yet written
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        self._update_time = (
+            self.jobs_t.update()
+            .where(self.jobs_t.c.id == bindparam("job_id"))
+            .values(next_run_time=bindparam("time"))
+        )
+
+    # -- ownership -------------------------------------------------------------------------------
+
+    @property
+    def owned(self) -> bool:
+        return self._owned
+
+    def own(self) -> int:
+        """Load every job into memory and keep it there; returns how many were loaded."""
+        with self._lock:
+            self._jobs.clear()
+            self._times.clear()
+            self._heap.clear()
+            self._unsaved.clear()
+            loaded = self._load(None)
+            self._owned = True
+        self._stop.clear()
+        self._syncer = threading.Thread(target=self._sync_loop, name="jobstore-sync", daemon=True)
+        self._syncer.start()
+        return loaded
+
+    def disown(self) -> None:
+        """Another process may own the store now: forget memory, write nothing more."""
+        self._stop.set()
+        with self._lock:
+            self._owned = False
+            self._jobs.clear()
+            self._times.clear()
+            self._heap.clear()
+            self._unsaved.clear()
+
+    def shutdown(self) -> None:
+        """Write the unsaved next run times (a clean stop keeps the schedule), then stop."""
+        self._stop.set()
+        if self._owned:
+            try:
+                self.save_times()
+            except Exception as exc:
+                logger.warning("next run times not saved at stop: %s", type(exc).__name__)
+        with self._lock:
+            self._owned = False
+        super().shutdown()
+
+    # -- the job store interface -----------------------------------------------------------------
+
+    def lookup_job(self, job_id: str) -> Job | None:
+        with self._lock:
+            if self._owned:
+                return self._jobs.get(job_id)
+        return super().lookup_job(job_id)
+
+    def get_due_jobs(self, now: datetime) -> list[Job]:
+        with self._lock:
+            if not self._owned:
+                return list(super().get_due_jobs(now))
+            limit = datetime_to_utc_timestamp(now)
+            popped: dict[str, float] = {}
+            heap = self._heap
+            while heap and heap[0][0] <= limit:
+                stamp, job_id = heapq.heappop(heap)
+                if self._times.get(job_id) == stamp:
+                    popped[job_id] = stamp
+            # Kept findable until the caller updates them (it may not: then they stay due).
+            for job_id, stamp in popped.items():
+                heapq.heappush(heap, (stamp, job_id))
+            return [self._jobs[job_id] for job_id in popped]
+
+    def get_next_run_time(self) -> datetime | None:
+        with self._lock:
+            if not self._owned:
+                return super().get_next_run_time()  # type: ignore[no-any-return]
+            heap = self._heap
+            while heap and self._times.get(heap[0][1]) != heap[0][0]:
+                heapq.heappop(heap)
+            return utc_timestamp_to_datetime(heap[0][0]) if heap else None
+
+    def get_all_jobs(self) -> list[Job]:
+        with self._lock:
+            if not self._owned:
+                return list(super().get_all_jobs())
+            jobs = sorted(self._jobs.values(), key=lambda j: self._times[j.id] or float("inf"))
+        return jobs
+
+    def add_job(self, job: Job) -> None:
+        with self._lock:
+            if self._owned and job.id in self._jobs:
+                raise ConflictingIdError(job.id)
+            super().add_job(job)  # the row first: durable before anyone is told it exists
+            if self._owned:
+                self._hold(job, datetime_to_utc_timestamp(job.next_run_time))
+
+    def update_job(self, job: Job) -> None:
+        with self._lock:
+            if not self._owned:
+                super().update_job(job)
+                return
+            if job.id not in self._jobs:
+                raise JobLookupError(job.id)
+            # Only the next run time changes once a job is stored (its trigger and arguments
+            # never do here): memory now, the row with the next batch.
+            stamp = datetime_to_utc_timestamp(job.next_run_time)
+            self._hold(job, stamp)
+            self._unsaved[job.id] = stamp
+
+    def remove_job(self, job_id: str) -> None:
+        with self._lock:
+            if not self._owned:
+                super().remove_job(job_id)
+                return
+            held = self._jobs.pop(job_id, None)
+            self._times.pop(job_id, None)
+            self._unsaved.pop(job_id, None)
+            try:
+                super().remove_job(job_id)
+            except JobLookupError:
+                if held is None:
+                    raise
+                # Its row was removed by another process (a standby serving a cancel).
+            except BaseException:
+                if held is not None:  # the row is still there: so is the job
+                    self._hold(held, datetime_to_utc_timestamp(held.next_run_time))
+                raise
+
+    def remove_all_jobs(self) -> None:
+        with self._lock:
+            super().remove_all_jobs()
+            self._jobs.clear()
+            self._times.clear()
+            self._heap.clear()
+            self._unsaved.clear()
+
+    # -- what the service reads ------------------------------------------------------------------
+
+    def next_run_times(self, job_ids: list[str]) -> dict[str, datetime] | None:
+        """Next run of each given job that has one, from memory; None when not owned."""
+        with self._lock:
+            if not self._owned:
+                return None
+            return {
+                job_id: utc_timestamp_to_datetime(stamp)
+                for job_id in job_ids
+                if (stamp := self._times.get(job_id)) is not None
+            }
+
+    def stats(self) -> tuple[int, datetime | None] | None:
+        """(jobs held, earliest next run) from memory; None when not owned."""
+        with self._lock:
+            if not self._owned:
+                return None
+            earliest = self.get_next_run_time()
+            return len(self._jobs), earliest
+
+    def save_times(self) -> int:
+        """Write every next run time changed since the last save, in one transaction."""
+        with self._lock:
+            batch, self._unsaved = self._unsaved, {}
+        if not batch:
+            return 0
+        rows = [{"job_id": job_id, "time": stamp} for job_id, stamp in batch.items()]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._update_time, rows)
+        except BaseException:
+            with self._lock:  # newer times recorded meanwhile win
+                self._unsaved = {**batch, **self._unsaved}
+            raise
+        return len(rows)
+
+    def sync(self) -> int:
+        """Load jobs that another process added since; returns how many."""
+        with self.engine.connect() as conn:
+            stored = set(conn.scalars(select(self.jobs_t.c.id)))
+        with self._lock:
+            if not self._owned:
+                return 0
+            new = stored - self._jobs.keys()
+            return self._load(new) if new else 0
+
+    # -- inside ----------------------------------------------------------------------------------
+
+    def _hold(self, job: Job, stamp: float | None) -> None:
+        self._jobs[job.id] = job
+        self._times[job.id] = stamp
+        if stamp is not None:
+            heapq.heappush(self._heap, (stamp, job.id))
+
+    def _load(self, job_ids: set[str] | None) -> int:
+        """Read rows (all, or those of ``job_ids``) into memory, with each row's own next run
+        time (the pickled one is the time it was added). Rows that do not unpickle are deleted,
+        as the stock store does."""
+        table = self.jobs_t
+        query = select(table.c.id, table.c.next_run_time, table.c.job_state)
+        chunks = [None] if job_ids is None else _chunks(sorted(job_ids), LOAD_CHUNK)
+        loaded = 0
+        broken: list[str] = []
+        with self.engine.connect() as conn:
+            for chunk in chunks:
+                selected = query if chunk is None else query.where(table.c.id.in_(chunk))
+                for row in conn.execute(selected):
+                    if row.id in self._jobs:
+                        continue
+                    try:
+                        job: Job = self._reconstitute_job(row.job_state)
+                    except Exception:
+                        logger.exception("unable to restore job %r: removing it", row.id)
+                        broken.append(row.id)
+                        continue
+                    job.next_run_time = (
+                        None
+                        if row.next_run_time is None
+                        else utc_timestamp_to_datetime(row.next_run_time)
+                    )
+                    self._hold(job, row.next_run_time)
+                    loaded += 1
+        if broken:
+            with self.engine.begin() as conn:
+                conn.execute(table.delete().where(table.c.id.in_(broken)))
+        return loaded
+
+    def _sync_loop(self) -> None:
+        """Save next run times and pick up others' additions, once a ``sync_interval_s``."""
+        while not self._stop.wait(self.sync_interval_s):
+            try:
+                self.save_times()
+                if self.sync() and self._scheduler is not None:
+                    self._scheduler.wakeup()
+            except Exception as exc:
+                logger.warning("job store sync failed, retrying: %s", type(exc).__name__)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
