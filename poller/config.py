@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CLUSTER = "default"
+SPARK_UI_PORT = 8080  # spark.master.ui.port's default
 CLUSTER_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 PositiveSeconds = Annotated[float, Field(gt=0)]
 # Spark's JWSFilter builds its key with jjwt's Keys.hmacShaKeyFor, which refuses HMAC keys shorter
@@ -48,36 +49,41 @@ def _check_master_url(value: str) -> str:
     return value
 
 
-def _parse_rest_urls(value: object) -> object:
-    """One URL, a comma-separated string of them, or a list: one REST URL per master.
+def _url_list(kind: str) -> BeforeValidator:
+    """One URL, a comma-separated string of them, or a list: one URL (of ``kind``) per master.
 
     Entries are named by position, never quoted: a URL may carry credentials.
     """
-    if isinstance(value, str):
-        value = value.split(",")
-    elif isinstance(value, AnyHttpUrl):
-        value = [value]
-    if not isinstance(value, list | tuple):
-        return value  # the type check refuses it
-    urls: list[AnyHttpUrl] = []
-    for number, entry in enumerate(value, 1):
-        try:
-            urls.append(
-                _HTTP_URL.validate_python(entry.strip() if isinstance(entry, str) else entry)
-            )
-        except ValidationError as exc:
-            reason = exc.errors()[0]["msg"]
-            raise ValueError(f"REST URL {number} of {len(value)}: {reason}") from None
-    if not urls:
-        raise ValueError("give at least one REST URL")
-    if len({str(url) for url in urls}) != len(urls):
-        raise ValueError("a REST URL is listed twice")
-    return tuple(urls)
+
+    def parse(value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        elif isinstance(value, AnyHttpUrl):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            return value  # the type check refuses it
+        urls: list[AnyHttpUrl] = []
+        for number, entry in enumerate(value, 1):
+            try:
+                urls.append(
+                    _HTTP_URL.validate_python(entry.strip() if isinstance(entry, str) else entry)
+                )
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"]
+                raise ValueError(f"{kind} {number} of {len(value)}: {reason}") from None
+        if not urls:
+            raise ValueError(f"give at least one {kind}")
+        if len({str(url) for url in urls}) != len(urls):
+            raise ValueError(f"a {kind} is listed twice")
+        return tuple(urls)
+
+    return BeforeValidator(parse)
 
 
 SparkMasterUrl = Annotated[str, AfterValidator(_check_master_url)]
 # A standalone cluster with standby masters lists each master's REST server, tried in order.
-RestUrls = Annotated[tuple[AnyHttpUrl, ...], BeforeValidator(_parse_rest_urls)]
+RestUrls = Annotated[tuple[AnyHttpUrl, ...], _url_list("REST URL")]
+UiUrls = Annotated[tuple[AnyHttpUrl, ...], _url_list("web UI URL")]
 
 
 def jws_secret_problem(secret: str) -> str | None:
@@ -119,11 +125,23 @@ class ClusterConfig(BaseModel):
     # The masters' spark.org.apache.spark.ui.JWSFilter.param.secretKey (base64url), when their
     # REST servers run with spark.master.rest.filters=org.apache.spark.ui.JWSFilter.
     jws_secret: SecretStr | None = None
+    # Each master's web UI (whose /json/ lists every driver), in the order of rest_url. Unset:
+    # each REST URL's host on Spark's default UI port, trusted only if the view it serves names
+    # one of master_url's masters.
+    ui_url: UiUrls | None = None
 
     @field_validator("jws_secret")
     @classmethod
     def _usable_jws_secret(cls, value: SecretStr | None) -> SecretStr | None:
         return _check_jws_secret(value, "jws_secret")
+
+    @model_validator(mode="after")
+    def _one_ui_per_master(self) -> Self:
+        if self.ui_url is not None and len(self.ui_url) != len(self.rest_url):
+            raise ValueError(
+                f"give one web UI URL per REST URL ({len(self.ui_url)} for {len(self.rest_url)})"
+            )
+        return self
 
     @property
     def rest_bases(self) -> tuple[str, ...]:
@@ -131,9 +149,27 @@ class ClusterConfig(BaseModel):
         return tuple(str(url).rstrip("/") for url in self.rest_url)
 
     @property
+    def ui_bases(self) -> tuple[str, ...]:
+        """Each master's web UI base URL, in the order of :attr:`rest_bases`."""
+        if self.ui_url is not None:
+            return tuple(str(url).rstrip("/") for url in self.ui_url)
+        return tuple(
+            f"{url.scheme}://{_bracketed(url.host or '')}:{SPARK_UI_PORT}" for url in self.rest_url
+        )
+
+    @property
+    def master_addresses(self) -> frozenset[str]:
+        """host:port of each master, as master_url names them."""
+        return frozenset(self.master_url.removeprefix("spark://").split(","))
+
+    @property
     def rest_base(self) -> str:
         """The first master's REST base URL."""
         return self.rest_bases[0]
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _env_name(info: ValidationInfo) -> str:
@@ -229,11 +265,23 @@ class Settings(BaseSettings):
     spark_jws_secret: SecretStr | None = Field(
         None, description="JWSFilter secretKey of the 'default' masters (base64url, 32+ bytes)"
     )
+    spark_ui_url: Annotated[UiUrls | None, NoDecode] = Field(
+        None,
+        description="web UI URL of each master of default, as rest_url (unset: host:8080)",
+    )
     clusters: Annotated[dict[str, ClusterConfig], NoDecode] = Field(
         default_factory=dict,
         description='more clusters, JSON: {"name": {"rest_url": ..., "master_url": ...}}',
     )
     spark_timeout_s: PositiveSeconds = Field(10.0, description="timeout of each Spark REST call")
+    # One GET of the master's /json/ answers for every running driver of a cluster; "rest" asks
+    # the REST status of each driver at each of its polls.
+    status_source: Literal["view", "rest"] = Field(
+        "view", description="view (one /json/ per cluster per refresh) or rest (one call per poll)"
+    )
+    status_view_max_age_s: PositiveSeconds | None = Field(
+        None, description="oldest cluster view a poll may use (unset: interval/3, at most 10s)"
+    )
     spark_client_version: str = Field("4.3.0", description="clientSparkVersion sent on submit")
     # Regular expressions; when set, a job's app_resource must fully match one of them, and so
     # must every resource its properties make the driver load (poller/admission.py).
@@ -307,7 +355,7 @@ class Settings(BaseSettings):
     # Off by default: the API's own lines say what matters; one line per call is for debugging.
     access_log: bool = Field(False, description="log one line per HTTP request (uvicorn's)")
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "status_source", mode="before")
     @classmethod
     def _case_blind(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
@@ -389,11 +437,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _add_default_cluster(self) -> Self:
+        uis, rests = self.spark_ui_url, self.spark_rest_url
+        if uis is not None and len(uis) != len(rests):
+            raise ValueError(
+                f"POLLER_SPARK_UI_URL: give one web UI URL per URL of POLLER_SPARK_REST_URL "
+                f"({len(uis)} for {len(rests)})"
+            )
         if DEFAULT_CLUSTER not in self.clusters:
             default = ClusterConfig(
                 rest_url=self.spark_rest_url,
                 master_url=self.spark_master_url,
                 jws_secret=self.spark_jws_secret,
+                ui_url=self.spark_ui_url,
             )
             object.__setattr__(self, "clusters", {DEFAULT_CLUSTER: default, **self.clusters})
         return self

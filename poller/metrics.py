@@ -43,9 +43,16 @@ POLL_ERRORS = Counter(
     "(spark_unavailable, spark_error, database, other).",
     ["cluster", "cause"],
 )
+STATUS_ANSWERS = Counter(
+    PREFIX + "status_answers",
+    "Driver states the polls got, by cluster and source (view: the master's /json/ cluster "
+    "view; rest: a REST status call).",
+    ["cluster", "source"],
+)
 SPARK_CALL_SECONDS = Histogram(
     PREFIX + "spark_request_duration_seconds",
-    "Spark REST calls (create, status, kill) with their retries and master failover.",
+    "Spark calls (REST create, status, kill; view: the web UI's /json/) with their retries and "
+    "master failover.",
     ["cluster", "call"],
     buckets=CALL_BUCKETS,
 )

@@ -29,6 +29,7 @@ from poller.metrics import POLL_ERRORS, POLLS
 from poller.outbox import Outbox
 from poller.schemas import DriverState, JobRecord, Phase
 from poller.spark import SparkClient
+from poller.status_source import StatusSource
 from poller.store import RequestStore, utcnow
 
 logger = logging.getLogger(__name__)
@@ -122,12 +123,14 @@ class Poller:
         self,
         store: RequestStore,
         clusters: Mapping[str, SparkClient],
+        sources: Mapping[str, StatusSource],
         outbox: Outbox,
         remove_job: RemoveJob,
         policy: PollPolicy | None = None,
     ) -> None:
         self.store = store
         self.clusters = clusters
+        self.sources = sources
         self.outbox = outbox
         self.remove_job = remove_job
         self.policy = policy or PollPolicy()
@@ -185,11 +188,12 @@ class Poller:
 
     def _check_spark(self, record: JobRecord) -> JobRecord:
         assert record.submission_id is not None
-        client = self.clusters.get(record.cluster)
-        if client is None:  # recorded by a process configured otherwise (a rolling update)
+        source = self.sources.get(record.cluster)
+        if source is None:  # recorded by a process configured otherwise (a rolling update)
             raise UnknownCluster(f"cluster {record.cluster!r} is not configured in this process")
         try:
-            status = client.status(record.submission_id)
+            # A kill is confirmed by Spark's answer now, not by the next cluster view.
+            status = source.status(record.submission_id, direct=record.phase == Phase.CANCELLING)
         except SparkError as exc:
             POLL_ERRORS.labels(record.cluster, error_cause(exc)).inc()
             # The kill's deadline holds whether or not Spark answers.

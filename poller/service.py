@@ -18,11 +18,13 @@ from poller.events import EventPublisher, producer_config
 from poller.health import HealthMonitor
 from poller.jobs import Jobs
 from poller.lease import lease_for
+from poller.master_view import MasterView
 from poller.metrics import LEASE_CHANGES, LEASE_HELD, OPEN_PHASES, STORE, StoreSnapshot
 from poller.outbox import Outbox
 from poller.polling import Poller, PollPolicy
 from poller.scheduler import PollScheduler
 from poller.spark import SparkClient
+from poller.status_source import StatusSource
 from poller.store import RequestStore
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_STALE_AFTER_S = 15.0
 METRICS_SAMPLE_PERIOD_S = 5.0
 POLL_COUNTS_FLUSH_S = 5.0
+VIEW_MAX_AGE_CAP_S = 10.0
 
 
 class Service:
@@ -87,7 +90,21 @@ class Service:
             self.scheduler.remove,
             stuck_after_s=settings.kafka_delivery_timeout_s + 5,
         )
-        self.poller = Poller(self.store, self.clusters, self.outbox, self.scheduler.remove, policy)
+        self.sources = {
+            name: StatusSource(
+                client,
+                None
+                if settings.status_source == "rest"
+                else MasterView(
+                    name, client.cluster, settings.spark_timeout_s, client.alive_master
+                ),
+                view_max_age_s(settings),
+            )
+            for name, client in self.clusters.items()
+        }
+        self.poller = Poller(
+            self.store, self.clusters, self.sources, self.outbox, self.scheduler.remove, policy
+        )
         self.jobs = Jobs(
             settings, self.store, self.clusters, self.scheduler, self.poller, self.outbox
         )
@@ -171,6 +188,8 @@ class Service:
         self._set_leading(False)
         for client in self.clusters.values():
             client.close()
+        for source in self.sources.values():
+            source.close()
         self.engine.dispose()
         logger.info("service stopped")
 
@@ -372,6 +391,13 @@ class Service:
         except PollerError as exc:
             return exc.message
         return None
+
+
+def view_max_age_s(settings: Settings) -> float:
+    """How old a cluster view a poll may use: it bounds how much later an ending is seen."""
+    if settings.status_view_max_age_s is not None:
+        return settings.status_view_max_age_s
+    return min(VIEW_MAX_AGE_CAP_S, settings.poll_interval_seconds / 3)
 
 
 class _Beats:

@@ -295,6 +295,11 @@ class SparkClient:
     def close(self) -> None:
         self._session.close()
 
+    def alive_master(self) -> int:
+        """Index of the master that last answered as ALIVE (the first one, until one did)."""
+        with self._alive_lock:
+            return self._alive
+
     @property
     def longest_call_s(self) -> float:
         """An upper bound on one call: every attempt at every master, each with its connect and

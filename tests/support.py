@@ -428,3 +428,50 @@ class NotAliveProxy(LoopbackServer):
             f"{self.target}/v1/submissions/readyz", headers=headers, timeout=30
         ).json()
         return str(answer.get("serverSparkVersion", ""))
+
+
+class ViewProxy(LoopbackServer):
+    """A loopback proxy to a real master's web UI that counts ``/json/`` requests and, by
+    ``mode``, answers like a master that cannot speak for the cluster: "standby" (its view says
+    STANDBY and lists every driver as FINISHED), "broken" (HTTP 500), "garbage" (not JSON). With
+    ``mode`` None it forwards the real view."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.mode: str | None = None
+        self.views = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with proxy._lock:
+                    proxy.views += 1
+                status, content = proxy.answer(self.path)
+                self.send_response(status)
+                self.send_header("content-type", "application/json;charset=utf-8")
+                self.send_header("content-length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.serve(Handler)
+
+    def answer(self, path: str) -> tuple[int, bytes]:
+        mode = self.mode
+        if mode == "broken":
+            return 500, b"<html>Server Error</html>"
+        if mode == "garbage":
+            return 200, b"{not json"
+        real = requests.get(self.target + path, timeout=30)
+        if mode != "standby":
+            return real.status_code, real.content
+        view = real.json()
+        view["status"] = "STANDBY"
+        for driver in view.get("activedrivers", []):
+            driver["state"] = "FINISHED"
+        view["completeddrivers"] = view.get("completeddrivers", []) + view.pop("activedrivers", [])
+        view["activedrivers"] = []
+        return 200, json.dumps(view).encode()

@@ -1,0 +1,139 @@
+"""The master's whole-cluster view: its web UI's ``/json/`` lists every driver and its state.
+
+One request there answers for every driver of the cluster, where the REST status call answers
+for one. The view is trusted only from an ALIVE master, and, unless the operator named the web UI
+URLs, only from a master that names itself as one of the cluster's (so a guessed URL that reaches
+another master can never speak for our drivers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from poller.config import ClusterConfig
+from poller.errors import SparkUnavailable
+from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
+from poller.spark import MAX_STATE_CHARS, jws_token
+
+# 50,000 drivers take about 10 MB: room for many more, not for an endless answer.
+MAX_VIEW_BYTES = 128 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Every driver's raw state, as one master saw them at ``taken_at`` (monotonic; when the
+    request was sent, so nothing in it is older than that)."""
+
+    taken_at: float
+    states: dict[str, str]
+
+
+def driver_states(payload: object, masters: frozenset[str] | None) -> dict[str, str]:
+    """Read a ``/json/`` answer; raises SparkUnavailable when it cannot speak for the cluster.
+
+    ``masters`` (host:port) are the masters it must come from; None trusts any."""
+    if not isinstance(payload, dict):
+        raise SparkUnavailable("the master's /json/ answered oddly")
+    status = payload.get("status")
+    if status != "ALIVE":
+        raise SparkUnavailable(f"the master's /json/ says it is {str(status)[:32]}, not ALIVE")
+    if masters is not None:
+        url = payload.get("url")
+        address = url.removeprefix("spark://") if isinstance(url, str) else None
+        if address not in masters:
+            raise SparkUnavailable(
+                "the web UI answering is not one of this cluster's masters (its /json/ names "
+                "another); set the cluster's web UI URL"
+            )
+    states: dict[str, str] = {}
+    for key in ("activedrivers", "completeddrivers"):
+        drivers = payload.get(key)
+        if not isinstance(drivers, list):
+            raise SparkUnavailable(f"the master's /json/ has no {key} list")
+        for driver in drivers:
+            if not isinstance(driver, dict):
+                continue
+            driver_id, state = driver.get("id"), driver.get("state")
+            if isinstance(driver_id, str) and isinstance(state, str):
+                states[driver_id] = state[:MAX_STATE_CHARS]
+    return states
+
+
+class MasterView:
+    """Fetches one cluster's view from the web UI of the master that answers as ALIVE."""
+
+    def __init__(
+        self,
+        name: str,
+        cluster: ClusterConfig,
+        timeout_s: float,
+        alive_master: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.name = name
+        self.cluster = cluster
+        self.timeout_s = timeout_s
+        self.alive_master = alive_master
+        self.bases = cluster.ui_bases
+        self.masters = None if cluster.ui_url is not None else cluster.master_addresses
+        self._session = requests.Session()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def fetch(self) -> ClusterView:
+        """The view of the first master (from the last ALIVE one) whose view is usable."""
+        started = time.monotonic()
+        failures: list[str] = []
+        try:
+            first = self.alive_master()
+            for step in range(len(self.bases)):
+                base = self.bases[(first + step) % len(self.bases)]
+                taken_at = time.monotonic()
+                try:
+                    states = driver_states(self._get(base), self.masters)
+                except SparkUnavailable as exc:
+                    failures.append(exc.message)
+                    continue
+                return ClusterView(taken_at, states)
+        finally:
+            SPARK_CALL_SECONDS.labels(self.name, "view").observe(time.monotonic() - started)
+        SPARK_CALL_ERRORS.labels(self.name, "view", "unavailable").inc()
+        raise SparkUnavailable(
+            f"no usable cluster view of Spark cluster {self.name!r}: {'; '.join(failures)}"
+        )
+
+    def _get(self, base: str) -> Any:
+        headers = {}
+        if self.cluster.jws_secret is not None:
+            headers["Authorization"] = f"Bearer {jws_token(self.cluster.jws_secret)}"
+        try:
+            with self._session.get(
+                f"{base}/json/", headers=headers, timeout=self.timeout_s, stream=True
+            ) as response:
+                if response.status_code != 200:
+                    raise SparkUnavailable(
+                        f"the master's /json/ answered HTTP {response.status_code}"
+                    )
+                body = bytearray()
+                deadline = time.monotonic() + 2 * self.timeout_s  # a trickle ends too
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    body += chunk
+                    if len(body) > MAX_VIEW_BYTES:
+                        raise SparkUnavailable("the master's /json/ answer is too large")
+                    if time.monotonic() > deadline:
+                        raise SparkUnavailable("the master's /json/ answer is too slow")
+        except requests.RequestException as exc:
+            raise SparkUnavailable(
+                f"the master's web UI is unreachable: {type(exc).__name__}"
+            ) from exc
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise SparkUnavailable("the master's /json/ answered with non-JSON") from exc

@@ -1,0 +1,123 @@
+"""Where a poll learns its driver's state: the cluster view when it is fresh, REST otherwise.
+
+With the view, a cluster's master answers one ``/json/`` request per refresh for all its drivers
+instead of one status call per driver per poll. A poll uses the view only if it was taken after
+the driver's previous answer (states never go back) and is at most ``max_age_s`` old (the bound
+it adds to noticing an ending). It asks the REST status call instead when the driver is not in
+the view (just submitted, or evicted from the master's memory), when the view cannot be had, when
+the view says ERROR (only the REST answer carries Spark's message), and for drivers being
+cancelled (a kill is confirmed at once, not at the next refresh).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from poller.errors import SparkUnavailable
+from poller.master_view import ClusterView, MasterView
+from poller.metrics import STATUS_ANSWERS
+from poller.schemas import DriverState, DriverStatus
+from poller.spark import SparkClient
+
+logger = logging.getLogger(__name__)
+
+
+def view_state(raw: str) -> DriverState:
+    try:
+        return DriverState(raw)
+    except ValueError:
+        return DriverState.UNKNOWN
+
+
+class StatusSource:
+    """One cluster's driver states for the poll job."""
+
+    def __init__(self, client: SparkClient, view: MasterView | None, max_age_s: float) -> None:
+        self.client = client
+        self.view = view
+        self.max_age_s = max_age_s
+        self.name = client.name
+        self._lock = threading.Lock()  # guards _current, _answered, _retry_at, _problem
+        self._refresh = threading.Lock()  # one refresh at a time; the others wait for it
+        self._current: ClusterView | None = None
+        # When each driver's last answer was had (monotonic): a view must be newer to be used.
+        self._answered: dict[str, float] = {}
+        self._retry_at = 0.0
+        self._problem: str | None = None
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.close()
+
+    def status(self, submission_id: str, direct: bool = False) -> DriverStatus:
+        """The driver's state now. Raises what :meth:`SparkClient.status` raises."""
+        if self.view is not None and not direct:
+            view = self._view_for(submission_id)
+            raw = None if view is None else view.states.get(submission_id)
+            if view is not None and raw is not None and view_state(raw) != DriverState.ERROR:
+                with self._lock:
+                    self._answered[submission_id] = view.taken_at
+                STATUS_ANSWERS.labels(self.name, "view").inc()
+                return DriverStatus(found=True, state=view_state(raw), raw_state=raw)
+        status = self.client.status(submission_id)
+        answered = time.monotonic()
+        if self.view is not None:
+            with self._lock:
+                self._answered[submission_id] = answered
+        STATUS_ANSWERS.labels(self.name, "rest").inc()
+        return status
+
+    def _usable(self, submission_id: str, now: float) -> ClusterView | None:
+        view = self._current
+        if view is None or now - view.taken_at > self.max_age_s:
+            return None
+        if view.taken_at <= self._answered.get(submission_id, float("-inf")):
+            return None
+        return view
+
+    def _view_for(self, submission_id: str) -> ClusterView | None:
+        with self._lock:
+            view = self._usable(submission_id, time.monotonic())
+            if view is not None or time.monotonic() < self._retry_at:
+                return view
+        with self._refresh:
+            with self._lock:  # another thread may have refreshed it meanwhile
+                view = self._usable(submission_id, time.monotonic())
+                if view is not None or time.monotonic() < self._retry_at:
+                    return view
+            assert self.view is not None
+            try:
+                fresh = self.view.fetch()
+            except SparkUnavailable as exc:
+                self._failed(exc.message)
+                return None
+            self._took(fresh)
+        with self._lock:
+            return self._usable(submission_id, time.monotonic())
+
+    def _took(self, view: ClusterView) -> None:
+        with self._lock:
+            self._current = view
+            self._retry_at = 0.0
+            # An answer older than any usable view no longer decides anything.
+            oldest = view.taken_at - self.max_age_s
+            self._answered = {k: t for k, t in self._answered.items() if t > oldest}
+            problem, self._problem = self._problem, None
+        if problem is not None:
+            logger.warning(
+                "Spark cluster %s: the cluster view answers again; polls use it", self.name
+            )
+
+    def _failed(self, message: str) -> None:
+        with self._lock:
+            self._current = None
+            self._retry_at = time.monotonic() + self.max_age_s
+            repeated, self._problem = self._problem == message, message
+        if not repeated:
+            logger.warning(
+                "Spark cluster %s: %s; polls ask each driver's REST status until it answers",
+                self.name,
+                message,
+            )

@@ -1,0 +1,162 @@
+"""The rules by which a poll believes the cluster view, or asks the driver's REST status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import pytest
+
+from poller.config import ClusterConfig
+from poller.errors import SparkUnavailable
+from poller.master_view import ClusterView, MasterView, driver_states
+from poller.schemas import DriverState, DriverStatus
+from poller.spark import SparkClient
+from poller.status_source import StatusSource
+
+MASTERS = frozenset({"m1:7077", "m2:7077"})
+
+
+def view_payload(**overrides: Any) -> dict[str, Any]:
+    return {
+        "url": "spark://m2:7077",
+        "status": "ALIVE",
+        "activedrivers": [{"id": "driver-1", "state": "RUNNING", "worker": "w"}],
+        "completeddrivers": [{"id": "driver-0", "state": "FAILED", "worker": "w"}],
+        **overrides,
+    }
+
+
+def test_a_view_lists_every_driver_of_an_alive_master_of_the_cluster() -> None:
+    assert driver_states(view_payload(), MASTERS) == {"driver-1": "RUNNING", "driver-0": "FAILED"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (view_payload(status="STANDBY"), "STANDBY, not ALIVE"),
+        (view_payload(status="RECOVERING"), "RECOVERING, not ALIVE"),
+        (view_payload(status=None), "not ALIVE"),
+        (view_payload(url="spark://elsewhere:7077"), "not one of this cluster's masters"),
+        (view_payload(url=None), "not one of this cluster's masters"),
+        (view_payload(activedrivers=None), "no activedrivers list"),
+        ([], "oddly"),
+    ],
+)
+def test_a_view_that_cannot_speak_for_the_cluster_is_refused(payload: Any, reason: str) -> None:
+    with pytest.raises(SparkUnavailable, match=reason):
+        driver_states(payload, MASTERS)
+
+
+def test_odd_entries_are_skipped_and_long_states_bounded() -> None:
+    payload = view_payload(
+        activedrivers=[None, {"id": 3, "state": "RUNNING"}, {"id": "d", "state": "X" * 99}]
+    )
+    assert driver_states(payload, MASTERS) == {"d": "X" * 32, "driver-0": "FAILED"}
+
+
+def test_named_ui_urls_are_trusted_without_the_master_check() -> None:
+    assert driver_states(view_payload(url="spark://alias:7077"), None)["driver-1"] == "RUNNING"
+
+
+class FakeClient:
+    name = "default"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def status(self, submission_id: str) -> DriverStatus:
+        self.asked.append(submission_id)
+        return DriverStatus(found=True, state=DriverState.RUNNING, raw_state="RUNNING")
+
+
+class FakeView:
+    def __init__(self, states: dict[str, str]) -> None:
+        self.states = states
+        self.fetches = 0
+        self.fail: str | None = None
+
+    def fetch(self) -> ClusterView:
+        self.fetches += 1
+        if self.fail is not None:
+            raise SparkUnavailable(self.fail)
+        return ClusterView(time.monotonic(), dict(self.states))
+
+    def close(self) -> None:
+        pass
+
+
+def source(view: FakeView, max_age_s: float = 60.0) -> tuple[StatusSource, FakeClient]:
+    client = FakeClient()
+    return (
+        StatusSource(cast(SparkClient, client), cast(MasterView, view), max_age_s),
+        client,
+    )
+
+
+def test_one_view_answers_for_every_driver_once() -> None:
+    view = FakeView({f"d{n}": "RUNNING" for n in range(100)})
+    statuses, client = source(view)
+    for n in range(100):
+        assert statuses.status(f"d{n}").state == DriverState.RUNNING
+    assert (view.fetches, client.asked) == (1, [])
+    # A driver's next poll needs a view taken after its last answer: one more fetch.
+    statuses.status("d0")
+    assert view.fetches == 2
+
+
+def test_drivers_missing_from_the_view_or_in_error_ask_rest() -> None:
+    view = FakeView({"err": "ERROR", "ok": "FINISHED"})
+    statuses, client = source(view)
+    assert statuses.status("ok").state == DriverState.FINISHED
+    statuses.status("new")
+    statuses.status("err")  # Spark's message for ERROR comes only with the REST answer
+    assert client.asked == ["new", "err"]
+
+
+def test_a_view_older_than_a_rest_answer_is_not_used_for_that_driver() -> None:
+    view = FakeView({"d": "SUBMITTED", "x": "RUNNING"})
+    statuses, client = source(view)
+    statuses.status("x")  # the first view
+    statuses.status("d", direct=True)  # a REST answer after it
+    statuses.status("d")  # the first view is older than that answer: a new one is fetched
+    assert view.fetches == 2
+    assert client.asked == ["d"]
+
+
+def test_an_unusable_view_falls_back_and_is_retried_after_max_age() -> None:
+    view = FakeView({"d": "RUNNING"})
+    view.fail = "the master's /json/ says it is STANDBY, not ALIVE"
+    statuses, client = source(view, max_age_s=0.2)
+    statuses.status("d")
+    statuses.status("e")
+    assert (view.fetches, client.asked) == (1, ["d", "e"])  # not retried at every poll
+    view.fail = None
+    time.sleep(0.25)
+    assert statuses.status("d").state == DriverState.RUNNING
+    assert view.fetches == 2
+    assert client.asked == ["d", "e"]
+
+
+def test_an_old_view_is_refreshed() -> None:
+    view = FakeView({"d": "RUNNING"})
+    statuses, _ = source(view, max_age_s=0.1)
+    statuses.status("d")
+    time.sleep(0.15)
+    statuses.status("e")
+    assert view.fetches == 2
+
+
+def test_ui_urls_default_to_each_rest_host_on_the_default_ui_port() -> None:
+    cluster = ClusterConfig(
+        rest_url="http://m1:6066,https://[::1]:6066", master_url="spark://m1:7077,m2:7077"
+    )
+    assert cluster.ui_bases == ("http://m1:8080", "https://[::1]:8080")
+    named = ClusterConfig(
+        rest_url="http://m1:6066", master_url="spark://m1:7077", ui_url="http://ui:9090/"
+    )
+    assert named.ui_bases == ("http://ui:9090",)
+    with pytest.raises(ValueError, match="one web UI URL per REST URL"):
+        ClusterConfig(
+            rest_url="http://m1:6066", master_url="spark://m1:7077", ui_url="http://a,http://b"
+        )
