@@ -1,19 +1,22 @@
 """How many drivers one process can follow: the service beside APScheduler 3 doing the same work.
 
-Three pollers follow N drivers of a Spark REST stand-in (bench/standin.py) at the same interval, on
-the same kind of job store, one after the other:
+Each poller follows N drivers of a Spark REST stand-in (bench/standin.py) at the same interval,
+one after the other, each from a database seeded with N requests in flight (bench/seed.py):
 
-- spark-poller: the service (``spark-poller serve``), N requests adopted through ``POST /submit``;
+- spark-poller (view): the service as shipped; polls read the master's cluster view;
+- spark-poller (rest): the service asking each driver's REST status at each poll;
 - apscheduler-status: APScheduler 3, a SQLAlchemyJobStore, one interval job per driver whose run
   is one status GET: the stock way to poll with this stack;
 - apscheduler-noop: the same with a job that does nothing: APScheduler's own bookkeeping.
 
-For each: status requests per second at the master, CPU per poll, CPU (share of one core), peak RSS,
-and the lag of runs (p50/p99: the service's start on a worker thread minus the scheduled time, read
-from its histogram's buckets; APScheduler's hand-over to its pool minus the scheduled time); for the
-service also submit latency.
+After one interval of warm-up, over ``--measure`` seconds: polls per second, CPU per poll and
+CPU (share of one core) from /proc, peak RSS (VmHWM), the lag of runs (p50/p99: the service's
+start on a worker thread minus the scheduled time, from its histogram's buckets; APScheduler's
+hand-over to its pool minus the scheduled time), requests the master got per minute, and how many
+drivers were never polled (starved).
 
-    python bench/capacity.py [--drivers 1000] [--interval 30] [--measure 90] [--only service]
+    python bench/capacity.py [--drivers 10000] [--interval 30] [--measure 30]
+        [--only view,rest,status,noop] [--postgres]
 """
 
 from __future__ import annotations
@@ -22,23 +25,26 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import requests
+import sqlalchemy as sa
 
-from poller.devstack import Daemon, KafkaBroker, free_port, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.seed import seed, seed_jobs
+from poller.db import create_db_engine
+from poller.devstack import Daemon, KafkaBroker, Postgres, free_port, wait_for
 
 TICKS = os.sysconf("SC_CLK_TCK")
 LAG_METRIC = "spark_poller_scheduler_lag_seconds"
+VARIANTS = ("view", "rest", "status", "noop")
 
 
 def cpu_s(pid: int) -> float:
@@ -60,9 +66,20 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def lag_buckets(url: str) -> dict[float, float]:
+def scrape(url: str) -> str:
+    return requests.get(f"{url}/metrics", timeout=30).text
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
+def lag_buckets(text: str) -> dict[float, float]:
     """The service's cumulative lag histogram: upper bound -> count."""
-    text = requests.get(f"{url}/metrics", timeout=10).text
     buckets: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith(LAG_METRIC + "_bucket"):
@@ -75,158 +92,167 @@ def lag_buckets(url: str) -> dict[float, float]:
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """The upper bound of the bucket holding quantile ``q`` of the runs between two scrapes."""
-    bounds = sorted(after)
     total = after[float("inf")] - before.get(float("inf"), 0.0)
-    for bound in bounds:
+    for bound in sorted(after):
         if after[bound] - before.get(bound, 0.0) >= q * total:
             return bound
     return float("inf")
 
 
 class Standin:
-    def __init__(self, workdir: Path, drivers: int) -> None:
+    """The Spark stand-in as a child process."""
+
+    def __init__(self, workdir: Path, drivers: int, runs_s: float = 0.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.daemon = Daemon(
-            "standin",
-            [
-                sys.executable,
-                str(Path(__file__).with_name("standin.py")),
-                "--port",
-                str(self.port),
-                "--drivers",
-                str(drivers),
-            ],
-            workdir / "standin.log",
-        )
-        wait_for(lambda: requests.get(f"{self.url}/bench/counts", timeout=1).ok, 30, "stand-in")
+        argv = [sys.executable, str(Path(__file__).with_name("standin.py"))]
+        argv += ["--port", str(self.port), "--drivers", str(drivers), "--runs-s", str(runs_s)]
+        self.daemon = Daemon("standin", argv, workdir / "standin.log")
+        wait_for(lambda: requests.get(f"{self.url}/bench/counts", timeout=1).ok, 60, "stand-in")
 
     def drivers(self) -> list[str]:
-        ids: list[str] = requests.get(f"{self.url}/bench/drivers", timeout=30).json()
+        ids: list[str] = requests.get(f"{self.url}/bench/drivers", timeout=60).json()
         return ids
 
-    def status_count(self) -> int:
-        return int(requests.get(f"{self.url}/bench/counts", timeout=10).json().get("status", 0))
+    def requests_seen(self) -> int:
+        counts = requests.get(f"{self.url}/bench/counts", timeout=10).json()
+        return int(sum(v for k, v in counts.items() if k != "bench"))
 
     def stop(self) -> None:
         self.daemon.stop()
 
 
-def measure(pid: int, polls: Callable[[], int], seconds: float) -> tuple[float, float, float]:
-    """(polls per second, CPU seconds, wall seconds) of process ``pid`` over ``seconds``."""
-    polls0, cpu0, t0 = polls(), cpu_s(pid), time.monotonic()
-    time.sleep(seconds)
-    polls1, cpu1, t1 = polls(), cpu_s(pid), time.monotonic()
-    return (polls1 - polls0) / (t1 - t0), cpu1 - cpu0, t1 - t0
-
-
-def row(name: str, rate: float, cpu: float, wall: float, rss: float, lag: str, extra: str) -> str:
-    per_poll_ms = 1000 * cpu / max(1.0, rate * wall)
-    return (
-        f"| {name} | {rate:.0f} | {per_poll_ms:.2f} ms | {100 * cpu / wall:.0f}% | {rss:.0f} MB "
-        f"| {lag} | {extra} |"
-    )
-
-
-def run_service(args: argparse.Namespace, workdir: Path) -> str:
-    standin = Standin(workdir, args.drivers)
-    kafka = KafkaBroker(workdir / "kafka").start()
-    topic = "bench-completions"
-    kafka.create_topic(topic)
-    port = free_port()
+def service_env(
+    database_url: str, standin: Standin, kafka: KafkaBroker, topic: str, interval: float
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
     env.update(
-        POLLER_PORT=str(port),
-        POLLER_DATABASE_URL=f"sqlite:///{workdir / 'poller.db'}",
+        POLLER_PORT=str(free_port()),
+        POLLER_DATABASE_URL=database_url,
         POLLER_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
         POLLER_KAFKA_TOPIC=topic,
         POLLER_SPARK_REST_URL=standin.url,
-        POLLER_POLL_INTERVAL_SECONDS=str(args.interval),
+        POLLER_SPARK_UI_URL=standin.url,
+        POLLER_SPARK_MASTER_URL="spark://127.0.0.1:7077",
+        POLLER_POLL_INTERVAL_SECONDS=str(interval),
         POLLER_LOG_LEVEL="WARNING",
     )
-    service = Daemon(
-        "spark-poller", [sys.executable, "-m", "poller", "serve"], workdir / "service.log", env
-    )
-    url = f"http://127.0.0.1:{port}"
+    return env
+
+
+class Measured:
+    """One poller's figures over the measurement window."""
+
+    def __init__(self, name: str, database: str, drivers: int) -> None:
+        self.name, self.database, self.drivers = name, database, drivers
+        self.rate = self.cpu = self.wall = self.rss = self.master_per_min = 0.0
+        self.lag = "-"
+        self.starved: int | None = None
+
+    def row(self) -> str:
+        per_poll_ms = 1000 * self.cpu / max(1.0, self.rate * self.wall)
+        starved = "-" if self.starved is None else str(self.starved)
+        return (
+            f"| {self.name} | {self.database} | {self.drivers:,} | {self.rate:.0f} "
+            f"| {per_poll_ms:.2f} ms | {100 * self.cpu / self.wall:.0f}% | {self.rss:.0f} MB "
+            f"| {self.lag} | {self.master_per_min:,.0f} | {starved} |"
+        )
+
+
+def window(
+    result: Measured, pid: int, polls: Callable[[], float], standin: Standin, seconds: float
+) -> None:
+    polls0, cpu0, seen0, t0 = polls(), cpu_s(pid), standin.requests_seen(), time.monotonic()
+    time.sleep(seconds)
+    polls1, cpu1, seen1, t1 = polls(), cpu_s(pid), standin.requests_seen(), time.monotonic()
+    result.wall = t1 - t0
+    result.rate = (polls1 - polls0) / result.wall
+    result.cpu = cpu1 - cpu0
+    result.master_per_min = (seen1 - seen0) * 60 / result.wall
+    result.rss = rss_mb(pid)
+
+
+def run_service(args: argparse.Namespace, workdir: Path, source: str, database: str) -> Measured:
+    result = Measured(f"spark-poller ({source})", database, args.drivers)
+    standin = Standin(workdir, args.drivers)
+    kafka = KafkaBroker(workdir / "kafka").start()
+    postgres = Postgres(workdir / "pg", fsync=True).start() if database == "postgresql" else None
     try:
-        wait_for(lambda: requests.get(f"{url}/readyz", timeout=1).ok, 60, "the service")
-        ids = standin.drivers()
-        latencies: list[float] = []
-        session = threading.local()
-
-        def adopt(sid: str) -> None:
-            if not hasattr(session, "s"):
-                session.s = requests.Session()
-            started = time.perf_counter()
-            answer = session.s.post(f"{url}/submit", json={"submission_id": sid}, timeout=60)
-            latencies.append(time.perf_counter() - started)
-            answer.raise_for_status()
-
-        load_started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=args.clients) as pool:
-            list(pool.map(adopt, ids))
-        load_s = time.monotonic() - load_started
-        print(f"service: {len(ids)} adopted in {load_s:.0f}s", flush=True)
-        time.sleep(args.interval)  # every job has run once: steady state
-        before = lag_buckets(url)
-        rate, cpu, wall = measure(service.pid, standin.status_count, args.measure)
-        after = lag_buckets(url)
-        lag = (
-            f"{bucket_quantile(before, after, 0.5):g} / {bucket_quantile(before, after, 0.99):g} s"
+        kafka.create_topic("bench")
+        url = postgres.url if postgres else f"sqlite:///{workdir / f'{source}.db'}"
+        engine = create_db_engine(url)
+        seed(engine, standin.drivers(), args.interval)
+        env = service_env(url, standin, kafka, "bench", args.interval)
+        env["POLLER_STATUS_SOURCE"] = source
+        service = Daemon(
+            "spark-poller", [sys.executable, "-m", "poller", "serve"], workdir / "svc.log", env
         )
-        submits = (
-            f"submit {1000 * statistics.median(latencies):.0f} / "
-            f"{1000 * quantile(latencies, 0.99):.0f} ms ({len(ids) / load_s:.0f}/s, "
-            f"{args.clients} clients)"
-        )
-        return row("spark-poller", rate, cpu, wall, rss_mb(service.pid), f"<= {lag}", submits)
+        base = f"http://127.0.0.1:{env['POLLER_PORT']}"
+        try:
+            wait_for(lambda: requests.get(f"{base}/readyz", timeout=1).ok, 120, "the service")
+            time.sleep(args.interval)  # every job has run once: steady state
+            before = scrape(base)
+            window(
+                result,
+                service.pid,
+                lambda: metric_sum(scrape(base), "spark_poller_polls_total"),
+                standin,
+                args.measure,
+            )
+            after = scrape(base)
+            p50 = bucket_quantile(lag_buckets(before), lag_buckets(after), 0.5)
+            p99 = bucket_quantile(lag_buckets(before), lag_buckets(after), 0.99)
+            result.lag = f"<= {p50:g} / {p99:g} s"
+        finally:
+            service.stop(grace_s=30)  # a clean stop writes the counted polls
+        with engine.connect() as conn:
+            result.starved = int(
+                conn.scalar(sa.text("SELECT count(*) FROM poller_requests WHERE polls = 0")) or 0
+            )
+        engine.dispose()
     finally:
-        service.stop()
+        if postgres is not None:
+            postgres.stop()
         kafka.stop()
         standin.stop()
+    return result
 
 
-def run_baseline(args: argparse.Namespace, workdir: Path, job: str) -> str:
+def run_baseline(args: argparse.Namespace, workdir: Path, job: str) -> Measured:
+    result = Measured(f"apscheduler-{job}", "sqlite", args.drivers)
     standin = Standin(workdir, args.drivers)
+    database = f"sqlite:///{workdir / f'baseline-{job}.db'}"
     report = workdir / f"baseline-{job}.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--as-baseline",
-            job,
-            "--drivers",
-            str(args.drivers),
-            "--interval",
-            str(args.interval),
-            "--standin",
-            standin.url,
-            "--database",
-            f"sqlite:///{workdir / f'baseline-{job}.db'}",
-            "--report",
-            str(report),
-        ],
-    )
+    ids = standin.drivers()
+    engine = sa.create_engine(database)
+    seed_jobs(engine, ids, f"__main__:{job}_job", [(sid,) for sid in ids], args.interval)
+    engine.dispose()
+    argv = [sys.executable, __file__, "--as-baseline", job, "--standin", standin.url]
+    argv += ["--database", database, "--report", str(report)]
+    proc = subprocess.Popen(argv)
     try:
-        wait_for(report.exists, 600, f"the {job} baseline's jobs")  # written once all are added
+        wait_for(report.exists, 120, f"the {job} baseline")
         time.sleep(args.interval)
 
-        def runs() -> int:
-            return len(json.loads(report.read_text())["lags"])
+        def runs() -> float:
+            return float(json.loads(report.read_text())["runs"])
 
-        first = runs()
-        rate, cpu, wall = measure(proc.pid, runs, args.measure)
-        lags: list[float] = json.loads(report.read_text())["lags"][first:]
-        lag = f"{quantile(lags, 0.5):.3f} / {quantile(lags, 0.99):.3f} s"
-        return row(f"apscheduler-{job}", rate, cpu, wall, rss_mb(proc.pid), lag, "-")
+        first = json.loads(report.read_text())["runs"]
+        window(result, proc.pid, runs, standin, args.measure)
+        final = json.loads(report.read_text())
+        lags: list[float] = final["lags"][first:]
+        result.lag = f"{quantile(lags, 0.5):.3f} / {quantile(lags, 0.99):.3f} s"
+        result.starved = args.drivers - int(final["distinct"])
     finally:
         proc.terminate()
         proc.wait(30)
         standin.stop()
+    return result
 
 
 def baseline_process(args: argparse.Namespace) -> None:
-    """APScheduler 3 with a SQLAlchemyJobStore: one interval job per driver (runs until killed)."""
+    """APScheduler 3 with a SQLAlchemyJobStore over the seeded jobs (runs until killed)."""
+    from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
     from apscheduler.executors.pool import ThreadPoolExecutor as JobPool
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -238,39 +264,21 @@ def baseline_process(args: argparse.Namespace) -> None:
         executors={"default": JobPool(10)},
         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
     )
-    scheduler.start(paused=True)
-    ids = requests.get(f"{args.standin}/bench/drivers", timeout=30).json()
-    # This process runs this file as __main__: the stored jobs name their function there.
-    func = "__main__:status_job" if args.as_baseline == "status" else "__main__:noop_job"
-    for i, sid in enumerate(ids):
-        scheduler.add_job(
-            func,
-            "interval",
-            seconds=args.interval,
-            args=(sid,),
-            id=sid,
-            next_run_time=_first_run(i, len(ids), args.interval),
-        )
     lags: list[float] = []
+    seen: set[str] = set()
 
-    def on_submit(event: Any) -> None:
+    def on_submit(event: JobSubmissionEvent) -> None:
         lags.append(time.time() - event.scheduled_run_times[-1].timestamp())
-
-    from apscheduler.events import EVENT_JOB_SUBMITTED
+        seen.add(event.job_id)
 
     scheduler.add_listener(on_submit, EVENT_JOB_SUBMITTED)
-    scheduler.resume()
-    while True:  # one lag per run so far, rewritten now and then for the parent to read
-        time.sleep(0.5)
+    scheduler.start()
+    while True:  # rewritten now and then for the parent to read
         temporary = Path(args.report + ".tmp")
-        temporary.write_text(json.dumps({"lags": lags[:]}))
+        state = {"runs": len(lags), "lags": lags[:], "distinct": len(seen)}
+        temporary.write_text(json.dumps(state))
         temporary.replace(args.report)
-
-
-def _first_run(i: int, n: int, interval: float) -> Any:
-    from datetime import UTC, datetime, timedelta
-
-    return datetime.now(UTC) + timedelta(seconds=interval * i / max(1, n))
+        time.sleep(0.5)
 
 
 STANDIN = ""
@@ -287,13 +295,19 @@ def noop_job(_sid: str) -> None:
     pass
 
 
+HEADER = (
+    "| poller | database | in flight | polls/s | CPU per poll | CPU (one core) | peak RSS "
+    "| lag p50 / p99 | master requests/min | starved |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--drivers", type=int, default=1000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--drivers", type=int, default=10_000)
     parser.add_argument("--interval", type=float, default=30.0)
-    parser.add_argument("--measure", type=float, default=90.0)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--only", choices=["service", "status", "noop"])
+    parser.add_argument("--measure", type=float, default=30.0)
+    parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
+    parser.add_argument("--postgres", action="store_true", help="also the service on PostgreSQL")
     parser.add_argument("--as-baseline", choices=["status", "noop"], help=argparse.SUPPRESS)
     parser.add_argument("--standin", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
@@ -302,24 +316,22 @@ def main() -> None:
     if args.as_baseline:
         baseline_process(args)
         return
+    wanted = args.only.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="bench-capacity-"))
-    rows = []
+    rows: list[str] = []
     try:
-        if args.only in (None, "service"):
-            rows.append(run_service(args, workdir))
-        for job in ("status", "noop"):
-            if args.only in (None, job):
-                rows.append(run_baseline(args, workdir, job))
+        for variant in wanted:
+            if variant in ("view", "rest"):
+                databases = ["sqlite", "postgresql"] if args.postgres else ["sqlite"]
+                for database in databases:
+                    rows.append(run_service(args, workdir, variant, database).row())
+            else:
+                rows.append(run_baseline(args, workdir, variant).row())
+            print(rows[-1], flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(
-        f"\n{args.drivers} drivers, {args.interval:g} s interval, SQLite, "
-        f"measured over {args.measure:g} s"
-    )
-    print(
-        "| poller | polls/s | CPU per poll | CPU (one core) | peak RSS | lag p50 / p99 | submit |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n{args.interval:g} s interval, measured over {args.measure:g} s after one interval")
+    print(HEADER)
     print("\n".join(rows))
 
 

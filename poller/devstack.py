@@ -377,9 +377,10 @@ def postgres_bindir() -> Path:
 class Postgres:
     """A throwaway PostgreSQL server (initdb into workdir, trust auth, loopback only)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, fsync: bool = False) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.fsync = fsync  # off for tests (faster); on for benchmarks (as in production)
         self.daemon: Daemon | None = None
         # The server refuses to run as root; run it as the packaged 'postgres' user then.
         self.user = "postgres" if os.geteuid() == 0 else None
@@ -435,7 +436,7 @@ class Postgres:
                 "-k",
                 str(self.workdir),
                 "-c",
-                "fsync=off",
+                f"fsync={'on' if self.fsync else 'off'}",
                 "-c",
                 "max_connections=200",
             ],
