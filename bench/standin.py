@@ -11,7 +11,8 @@ enough that the service, not the stand-in, is what a benchmark measures.
 
 ``--drivers`` pre-creates that many RUNNING drivers (ids printed by ``GET /bench/drivers``);
 ``--runs-s`` > 0 makes each driver FINISH that long after it started. ``POST /bench/end``
-ends every driver now (FINISHED), ``GET /bench/counts`` gives the request counts.
+ends every driver now (FINISHED), ``GET /bench/counts`` gives the request counts and
+``GET /bench/timeline`` the requests of each kind per second.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Master:
     runs_s: float
     drivers: dict[str, Driver] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    # Requests per kind per second of the epoch, for rates over 1 s windows.
+    timeline: dict[str, Counter[int]] = field(default_factory=dict)
     _seq: int = 0
 
     def new_driver(self) -> Driver:
@@ -57,9 +60,13 @@ class Master:
             driver.state = "FINISHED"
         return driver.state
 
+    def count(self, kind: str) -> None:
+        self.counts[kind] += 1
+        self.timeline.setdefault(kind, Counter())[int(time.time())] += 1
+
     def answer(self, method: str, path: str) -> tuple[int, object]:
         if path.startswith("/v1/submissions/status/"):
-            self.counts["status"] += 1
+            self.count("status")
             sid = path.rsplit("/", 1)[1]
             driver = self.drivers.get(sid)
             if driver is None:
@@ -80,7 +87,7 @@ class Master:
             }
             return 200, body
         if path == "/v1/submissions/create" and method == "POST":
-            self.counts["create"] += 1
+            self.count("create")
             driver = self.new_driver()
             return 200, {
                 "action": "CreateSubmissionResponse",
@@ -90,27 +97,29 @@ class Master:
                 "success": True,
             }
         if path.startswith("/v1/submissions/kill/") and method == "POST":
-            self.counts["kill"] += 1
+            self.count("kill")
             driver = self.drivers.get(path.rsplit("/", 1)[1])
             if driver is None or self.state_of(driver) in TERMINAL:
                 return 200, {"action": "KillSubmissionResponse", "success": False}
             driver.state = "KILLED"
             return 200, {"action": "KillSubmissionResponse", "success": True}
         if path == "/v1/submissions/readyz":
-            self.counts["readyz"] += 1
+            self.count("readyz")
             return 200, {"action": "ReadyzResponse", "serverSparkVersion": VERSION}
         if path in ("/json", "/json/"):
-            self.counts["json"] += 1
+            self.count("json")
             return 200, self.cluster_json()
         if path == "/bench/counts":
             return 200, dict(self.counts)
+        if path == "/bench/timeline":
+            return 200, {kind: dict(seconds) for kind, seconds in self.timeline.items()}
         if path == "/bench/drivers":
             return 200, sorted(self.drivers)
         if path == "/bench/end" and method == "POST":
             for driver in self.drivers.values():
                 if driver.state == "RUNNING":
                     driver.state = "FINISHED"
-            return 200, {"ended": len(self.drivers)}
+            return 200, {"ended": len(self.drivers), "at": time.time()}
         return 404, {"message": "no such path"}
 
     def cluster_json(self) -> dict[str, object]:
