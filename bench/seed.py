@@ -96,6 +96,7 @@ def seed(
                 "submission_id": submission_ids[i],
                 "phase": "polling",
                 "state": "RUNNING",
+                "spark_state": "RUNNING",  # polled before: a poll that sees RUNNING writes nothing
                 "labels": {},
                 "polls": 0,
                 "unknown_polls": 0,

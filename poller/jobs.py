@@ -7,8 +7,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection
 
 from poller import admission
 from poller.config import Settings
@@ -98,77 +100,98 @@ class Jobs:
         add_log_context(
             request_id=request_id, cluster=request.cluster, submission_id=request.submission_id
         )
+        if request.job is None:
+            return self._adopt(request_id, request, client, trace)
         self._insert(request_id, request, trace)
         with self._pending_lock:
             self._submitting.add(request_id)  # recovery leaves it alone while we are at it
         try:
-            return self._submit_recorded(request_id, request, client)
+            return self._submit_recorded(request_id, request.job, client)
         finally:
             with self._pending_lock:
                 self._submitting.discard(request_id)
 
+    def _adopt(
+        self,
+        request_id: str,
+        request: SubmitRequest,
+        client: SparkClient,
+        trace: TraceContext | None,
+    ) -> SubmitResponse:
+        """Track a driver Spark already runs: read its state, then record the request and its
+        poll job in one transaction. Nothing asked of Spark needs undoing if that fails."""
+        assert request.submission_id is not None
+        submission_id = request.submission_id
+        existing = self.store.get(request_id)  # a retried adoption is answered without Spark
+        if existing is not None:
+            raise self._conflict(existing)
+        status = client.status(submission_id)
+        if not status.found or status.state is None:
+            raise InvalidRequest(
+                f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"
+            )
+        state = status.state
+        # An adopted driver that already ended is published at once rather than after an interval.
+        with self.scheduler.adding(
+            request_id, first_run_at=datetime.now(UTC) if state.terminal else None
+        ) as write_job:
+            self._insert(
+                request_id, request, trace, adopted=(state, status.raw_state), also=write_job
+            )
+        return self._tracking(request_id, submission_id, request.cluster, state, "adopted")
+
     def _submit_recorded(
-        self, request_id: str, request: SubmitRequest, client: SparkClient
+        self, request_id: str, job: JobSpec, client: SparkClient
     ) -> SubmitResponse:
         try:
-            if request.job is not None:
-                submission_id = client.create(request.job, request_id)
-                state = DriverState.SUBMITTED
-            else:
-                assert request.submission_id is not None
-                submission_id = request.submission_id
-                status = client.status(submission_id)
-                if not status.found or status.state is None:
-                    raise InvalidRequest(
-                        f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"
-                    )
-                state = status.state
+            submission_id = client.create(job, request_id)
         except SparkUnavailable as exc:
-            if request.job is not None and exc.maybe_applied:
+            if exc.maybe_applied:
                 self._give_up_submission(
                     request_id, f"Spark did not answer the submission: {exc.message}"
                 )
             self._forget(request_id)
             raise
-        except (SparkError, InvalidRequest):
+        except SparkError:
             self._forget(request_id)
             raise
         except Exception as exc:
-            # Not one of the client's answers: a create may have been sent, an adoption not.
-            if request.job is not None:
-                self._give_up_submission(
-                    request_id, f"the submission failed unexpectedly ({type(exc).__name__})"
-                )
+            # Not one of the client's answers: the create may have been sent.
+            self._give_up_submission(
+                request_id, f"the submission failed unexpectedly ({type(exc).__name__})"
+            )
             self._forget(request_id)
             raise
-        self._record_submitted(request_id, submission_id, state)
-        # An adopted driver that already ended is published at once rather than after an interval.
-        try:
-            self.scheduler.add(
-                request_id, first_run_at=datetime.now(UTC) if state.terminal else None
-            )
-        except StoreUnavailable as exc:
-            # The record says "polling", so the periodic reconcile registers the job later.
-            logger.warning(
-                "poll job of %s not registered yet (%s); reconcile will add it",
-                request_id,
-                exc.message,
-                extra={"request_id": request_id},
-            )
+        self._record_submitted(request_id, submission_id, DriverState.SUBMITTED)
+        return self._tracking(
+            request_id, submission_id, client.name, DriverState.SUBMITTED, "submitted"
+        )
+
+    @staticmethod
+    def _tracking(
+        request_id: str, submission_id: str, cluster: str, state: DriverState, how: str
+    ) -> SubmitResponse:
         logger.info(
             "tracking %s: driver %s on %s (%s)",
             request_id,
             submission_id,
-            request.cluster,
-            "adopted" if request.job is None else "submitted",
+            cluster,
+            how,
             extra={"request_id": request_id, "submission_id": submission_id},
         )
         return SubmitResponse(
-            request_id=request_id, submission_id=submission_id, cluster=request.cluster, state=state
+            request_id=request_id, submission_id=submission_id, cluster=cluster, state=state
         )
 
-    def _insert(self, request_id: str, request: SubmitRequest, trace: TraceContext | None) -> None:
-        """Record the request before Spark hears of it; a taken id says what it already is."""
+    def _insert(
+        self,
+        request_id: str,
+        request: SubmitRequest,
+        trace: TraceContext | None,
+        adopted: tuple[DriverState, str | None] | None = None,
+        also: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Record the request (before Spark hears of a create); a taken id says what it is."""
         try:
             self.store.insert(
                 request_id,
@@ -176,6 +199,8 @@ class Jobs:
                 request.labels,
                 submission_id=request.submission_id,
                 trace=trace,
+                adopted=adopted,
+                also=also,
             )
         except DriverTaken:
             raise  # one driver, one request: its message names the request tracking the driver
@@ -183,11 +208,15 @@ class Jobs:
             existing = self.store.get(request_id)
             if existing is None:
                 raise
-            where = f", driver {existing.submission_id}" if existing.submission_id else ""
-            raise RequestConflict(
-                f"request_id {request_id!r} already exists: {existing.state.value}"
-                f" ({existing.phase.value}{where})"
-            ) from None
+            raise self._conflict(existing) from None
+
+    @staticmethod
+    def _conflict(existing: JobRecord) -> RequestConflict:
+        where = f", driver {existing.submission_id}" if existing.submission_id else ""
+        return RequestConflict(
+            f"request_id {existing.request_id!r} already exists: {existing.state.value}"
+            f" ({existing.phase.value}{where})"
+        )
 
     def _client(self, cluster: str) -> SparkClient:
         try:
@@ -226,10 +255,11 @@ class Jobs:
                 self._to_forget.add(request_id)
 
     def _record_submitted(self, request_id: str, submission_id: str, state: DriverState) -> None:
-        """Spark took the driver: record it, or keep trying until the database answers (the
-        driver is tracked from then on, never guessed at as SUBMIT_UNKNOWN by this process)."""
+        """Spark took the driver: record it with its poll job, or keep trying until the database
+        answers (the driver is tracked from then on, never guessed at as SUBMIT_UNKNOWN by this
+        process)."""
         try:
-            recorded = self.store.mark_submitted(request_id, submission_id, state)
+            recorded = self._write_submitted(request_id, submission_id, state)
         except StoreUnavailable as exc:
             with self._pending_lock:
                 self._to_record[request_id] = (submission_id, state)
@@ -241,10 +271,17 @@ class Jobs:
                 extra={"request_id": request_id, "submission_id": submission_id},
             )
             return
-        if recorded is None:
+        if not recorded:
             raise SubmissionUnknown(
                 f"request {request_id!r} was resolved as SUBMIT_UNKNOWN while Spark was answering"
             )
+
+    def _write_submitted(self, request_id: str, submission_id: str, state: DriverState) -> bool:
+        """The request moves to POLLING and gets its poll job, in one transaction; False if it
+        was no longer SUBMITTING."""
+        with self.scheduler.adding(request_id) as write_job:
+            recorded = self.store.mark_submitted(request_id, submission_id, state, also=write_job)
+        return recorded is not None
 
     def flush_pending_writes(self, timeout_s: float) -> None:
         """At a stop: write what submits could not, for up to ``timeout_s``; name what is left.
@@ -416,7 +453,7 @@ class Jobs:
             to_record = dict(self._to_record)
             to_forget = set(self._to_forget)
         for request_id, (submission_id, state) in to_record.items():
-            self.store.mark_submitted(request_id, submission_id, state)
+            self._write_submitted(request_id, submission_id, state)
             with self._pending_lock:
                 self._to_record.pop(request_id, None)
             logger.info(
@@ -425,7 +462,6 @@ class Jobs:
                 request_id,
                 extra={"request_id": request_id, "submission_id": submission_id},
             )
-            self.scheduler.add(request_id)
         for request_id in to_forget:
             self.store.delete_submitting(request_id)
             with self._pending_lock:

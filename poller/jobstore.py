@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import pickle
 import threading
 from datetime import datetime
 from typing import Any
@@ -28,7 +29,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, select
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,28 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             self._times.clear()
             self._heap.clear()
             self._unsaved.clear()
+
+    # -- a job written in the caller's transaction -----------------------------------------------
+
+    def write(self, conn: Connection, job: Job) -> None:
+        """Write ``job``'s row in ``conn``'s transaction (replacing a stale row of that id);
+        :meth:`hold` it once that transaction committed."""
+        table = self.jobs_t
+        conn.execute(table.delete().where(table.c.id == job.id))
+        conn.execute(
+            table.insert().values(
+                id=job.id,
+                next_run_time=datetime_to_utc_timestamp(job.next_run_time),
+                job_state=pickle.dumps(job.__getstate__(), self.pickle_protocol),
+            )
+        )
+
+    def hold(self, job: Job) -> None:
+        """Schedule a job whose row a committed transaction wrote (while owned)."""
+        with self._lock:
+            if self._owned:
+                self._hold(job, datetime_to_utc_timestamp(job.next_run_time))
+                self._unsaved.pop(job.id, None)
 
     # -- what the service reads ------------------------------------------------------------------
 

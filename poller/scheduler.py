@@ -6,16 +6,18 @@ import concurrent.futures
 import contextlib
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import BasePoolExecutor
+from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_STOPPED
-from sqlalchemy import Engine, func, select
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import StoreUnavailable
@@ -98,6 +100,19 @@ class TimedPoolExecutor(BasePoolExecutor):  # type: ignore[misc]
         super().__init__(_LagTimingPool(max_workers, thread_name_prefix="poll"))
 
 
+class JobWrite:
+    """Writes one poll job's row in a transaction of the caller's (see PollScheduler.adding)."""
+
+    def __init__(self, jobstore: OwnedJobStore, job: Job) -> None:
+        self.jobstore = jobstore
+        self.job = job
+        self.written = False
+
+    def __call__(self, conn: Connection) -> None:
+        self.jobstore.write(conn, self.job)
+        self.written = True
+
+
 class PollScheduler:
     """Owns the scheduler; the rest of the service speaks only of request ids."""
 
@@ -165,6 +180,34 @@ class PollScheduler:
     def shutdown(self, wait: bool = True) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
+
+    @contextlib.contextmanager
+    def adding(self, request_id: str, first_run_at: datetime | None = None) -> Iterator[JobWrite]:
+        """Register the poll job of ``request_id`` in the caller's transaction.
+
+        Yields the write to make in that transaction; once the block ends without error (the
+        transaction committed), a job that was written is scheduled. One commit makes both the
+        request and its job durable."""
+        job = Job(
+            self.scheduler,
+            id=request_id,
+            func=self.job_func,
+            args=(request_id,),
+            kwargs={},
+            name=f"poll {request_id}",
+            trigger=IntervalTrigger(seconds=self.interval_s, timezone=UTC),
+            executor="default",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=first_run_at or datetime.now(UTC) + timedelta(seconds=self.interval_s),
+        )
+        job._jobstore_alias = "default"
+        write = JobWrite(self.jobstore, job)
+        yield write
+        if write.written:
+            self.jobstore.hold(job)
+            self.scheduler.wakeup()
 
     def add(self, request_id: str, first_run_at: datetime | None = None) -> bool:
         """Register the poll job of ``request_id``; False if it already exists."""

@@ -10,7 +10,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Engine, Table, bindparam, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -202,20 +212,26 @@ class RequestStore:
         labels: dict[str, str],
         submission_id: str | None = None,
         trace: TraceContext | None = None,
+        adopted: tuple[DriverState, str | None] | None = None,
+        also: Callable[[Connection], None] | None = None,
     ) -> JobRecord:
-        """Record a new request in phase SUBMITTING.
+        """Record a new request in phase SUBMITTING, or, with ``adopted`` (the driver's state
+        and Spark's word for it, as just read), in phase POLLING; ``also`` writes more in the
+        same transaction (the poll job).
 
         Raises RequestConflict if ``request_id`` is taken, or DriverTaken (naming the request)
         if ``submission_id`` is a driver that a request not yet done tracks on ``cluster``; the
         database decides, so two concurrent adoptions of one driver cannot both win.
         """
         for _ in range(CONFLICT_ATTEMPTS):
+            state, spark_state = adopted or (DriverState.SUBMITTING, None)
             row = RequestRow(
                 request_id=request_id,
                 cluster=cluster,
                 submission_id=submission_id,
-                phase=Phase.SUBMITTING.value,
-                state=DriverState.SUBMITTING.value,
+                phase=(Phase.SUBMITTING if adopted is None else Phase.POLLING).value,
+                state=state.value,
+                spark_state=spark_state,
                 labels=labels,
                 polls=0,
                 unknown_polls=0,
@@ -224,8 +240,13 @@ class RequestStore:
                 tracestate=None if trace is None else trace.tracestate,
             )
             try:
-                with self._tx() as session:
-                    session.add(row)
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        insert(_REQUESTS),
+                        {column.key: getattr(row, column.key) for column in _REQUESTS.columns},
+                    )
+                    if also is not None:
+                        also(conn)
                 return _record(row)
             except IntegrityError as exc:
                 with self._sessions() as session:
@@ -256,9 +277,16 @@ class RequestStore:
 
     @_translate_db_errors
     def mark_submitted(
-        self, request_id: str, submission_id: str, state: DriverState
+        self,
+        request_id: str,
+        submission_id: str,
+        state: DriverState,
+        spark_state: str | None = None,
+        also: Callable[[Connection], None] | None = None,
     ) -> JobRecord | None:
         """Spark accepted (or we adopted) the driver: from here on the poll job owns the request.
+        ``spark_state`` is Spark's own word for ``state``, when an answer gave one; ``also``
+        writes more in the same transaction (the poll job), only if the request moved.
 
         One conditional UPDATE, so it cannot overwrite a request that recovery resolved a moment
         earlier: None if the request is no longer SUBMITTING.
@@ -281,11 +309,14 @@ class RequestStore:
                             submission_id=submission_id,
                             phase=Phase.POLLING.value,
                             state=state.value,
+                            spark_state=spark_state,
                         )
                         .execution_options(**NO_PRE_READ)
                     )
                     if not _rowcount(moved):
                         return None
+                    if also is not None:
+                        also(session.connection())
                     row = session.get(RequestRow, request_id)
                     assert row is not None
                     return _record(row)
