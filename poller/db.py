@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -54,9 +55,14 @@ def create_db_engine(
         raise ValueError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        writer = type(
+            "SQLiteConnection",
+            (OneWriterConnection,),
+            {"write_lock": threading.Lock(), "write_wait_s": timeout_s},
+        )
         engine = create_engine(
             url,
-            connect_args={"timeout": timeout_s, "check_same_thread": False},
+            connect_args={"timeout": timeout_s, "check_same_thread": False, "factory": writer},
             pool_size=pool_size,
             max_overflow=POOL_OVERFLOW,
             pool_timeout=timeout_s,
@@ -173,6 +179,76 @@ def _shut_down(fd: int) -> None:
 
 
 _watchdog = _Watchdog()
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+class OneWriterConnection(sqlite3.Connection):
+    """A SQLite connection that takes this process's write lock for each write transaction.
+
+    SQLite lets one writer in at a time and makes the others retry in its busy handler, which
+    sleeps up to 100 ms between tries and lets newcomers overtake: under a steady stream of
+    writes one of them can wait out the whole busy timeout. Writers of this process queue on a
+    lock instead, taken where sqlite3 begins the transaction (the first write statement) and
+    released at its end. Other processes on the file still meet the busy timeout."""
+
+    write_lock: threading.Lock
+    write_wait_s: float
+    _holding = False
+
+    def cursor(self, factory: Any = None) -> sqlite3.Cursor:  # type: ignore[override]
+        return super().cursor(factory or _WriterCursor)
+
+    def begin_write(self, sql: str) -> None:
+        if self._holding or self.in_transaction or not sql.lstrip()[:7].upper().startswith(_WRITES):
+            return
+        if not self.write_lock.acquire(timeout=self.write_wait_s):
+            raise sqlite3.OperationalError("database is locked (this process's writers queue)")
+        self._holding = True
+
+    def end_write(self) -> None:
+        if self._holding and not self.in_transaction:
+            self._holding = False
+            self.write_lock.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.end_write()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.end_write()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._holding:
+                self._holding = False
+                self.write_lock.release()
+
+
+class _WriterCursor(sqlite3.Cursor):
+    connection: OneWriterConnection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Self:
+        self.connection.begin_write(sql)
+        try:
+            return super().execute(sql, parameters)
+        finally:
+            self.connection.end_write()  # released at once if no transaction began
+
+    def executemany(self, sql: str, parameters: Any, /) -> Self:
+        self.connection.begin_write(sql)
+        try:
+            return super().executemany(sql, parameters)
+        finally:
+            self.connection.end_write()
 
 
 class GuardedConnection(psycopg.Connection[Any]):

@@ -193,18 +193,20 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
 
     # -- a job written in the caller's transaction -----------------------------------------------
 
-    def write(self, conn: Connection, job: Job) -> None:
-        """Write ``job``'s row in ``conn``'s transaction (replacing a stale row of that id);
-        :meth:`hold` it once that transaction committed."""
+    def row(self, job: Job) -> dict[str, Any]:
+        """``job``'s row, made before a transaction so that it holds no lock while pickling."""
+        return {
+            "id": job.id,
+            "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
+            "job_state": pickle.dumps(job.__getstate__(), self.pickle_protocol),
+        }
+
+    def write(self, conn: Connection, row: dict[str, Any]) -> None:
+        """Write a job's :meth:`row` in ``conn``'s transaction (replacing a stale row of that
+        id); :meth:`hold` the job once that transaction committed."""
         table = self.jobs_t
-        conn.execute(table.delete().where(table.c.id == job.id))
-        conn.execute(
-            table.insert().values(
-                id=job.id,
-                next_run_time=datetime_to_utc_timestamp(job.next_run_time),
-                job_state=pickle.dumps(job.__getstate__(), self.pickle_protocol),
-            )
-        )
+        conn.execute(table.delete().where(table.c.id == row["id"]))
+        conn.execute(table.insert(), row)
 
     def hold(self, job: Job) -> None:
         """Schedule a job whose row a committed transaction wrote (while owned)."""

@@ -105,11 +105,11 @@ class JobWrite:
 
     def __init__(self, jobstore: OwnedJobStore, job: Job) -> None:
         self.jobstore = jobstore
-        self.job = job
+        self.row = jobstore.row(job)
         self.written = False
 
     def __call__(self, conn: Connection) -> None:
-        self.jobstore.write(conn, self.job)
+        self.jobstore.write(conn, self.row)
         self.written = True
 
 

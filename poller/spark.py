@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import random
 import re
 import ssl
@@ -228,6 +229,25 @@ def _retryable(idempotent: bool) -> Any:
     return retry_if_exception(check)
 
 
+def environment_settings(
+    session: requests.Session, bases: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    """What requests would read from the environment for each base URL (proxies, no_proxy,
+    ~/.netrc), read once here: requests reads it again at every call, which costs more than
+    the call itself. The CA bundle variables set the session's verification."""
+    session.trust_env = False
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    return {
+        base: {
+            "proxies": requests.utils.get_environ_proxies(base),
+            "auth": requests.utils.get_netrc_auth(base),
+        }
+        for base in bases
+    }
+
+
 class Backoff:
     """Spares a cluster that stopped answering: after a failed call, calls fail fast for a
     jittered, exponentially growing pause (capped), so thousands of poll jobs do not hammer a
@@ -291,6 +311,7 @@ class SparkClient:
         adapter = HTTPAdapter(pool_connections=len(self.masters), pool_maxsize=pool_size)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        self._settings = environment_settings(self._session, self.masters)
 
     def close(self) -> None:
         self._session.close()
@@ -413,7 +434,12 @@ class SparkClient:
         where = self._where(rest_base)
         try:
             response = self._session.request(
-                method, url, json=body, headers=self._headers(), timeout=self.timeout_s
+                method,
+                url,
+                json=body,
+                headers=self._headers(),
+                timeout=self.timeout_s,
+                **self._settings[rest_base],
             )
         except requests.RequestException as exc:
             raise SparkUnavailable(
