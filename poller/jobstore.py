@@ -183,6 +183,18 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
                     self._hold(held, datetime_to_utc_timestamp(held.next_run_time))
                 raise
 
+    def remove_jobs(self, job_ids: list[str]) -> None:
+        """Remove many jobs in one transaction; ids without a job are fine."""
+        table = self.jobs_t
+        with self._lock:
+            with self.engine.begin() as conn:
+                for chunk in _chunks(job_ids, LOAD_CHUNK):
+                    conn.execute(table.delete().where(table.c.id.in_(chunk)))
+            for job_id in job_ids:
+                self._jobs.pop(job_id, None)
+                self._times.pop(job_id, None)
+                self._unsaved.pop(job_id, None)
+
     def remove_all_jobs(self) -> None:
         with self._lock:
             super().remove_all_jobs()

@@ -2,9 +2,9 @@
 
 A poll run that finds its request in PUBLISHING only offers the record here and returns. The event
 is queued on the producer, and the broker's delivery report, not a waiting thread, moves the request
-on: one relay thread marks it done and removes its poll job. A failed or missing report leaves the
-request in PUBLISHING; its next poll run offers it again. So a Kafka outage holds no thread, logs
-one line a minute rather than one per poll, and loses nothing.
+on: one relay thread marks it done and removes its poll job, for all the reports at hand at once. A
+failed or missing report leaves the request in PUBLISHING; its next poll run offers it again. So a
+Kafka outage holds no thread, logs one line a minute rather than one per poll, and loses nothing.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from poller.store import RequestStore
 logger = logging.getLogger(__name__)
 
 RELAY_STEP_S = 0.5
+SETTLE_BATCH = 1000
 WAITING_REPORT_S = 60.0
 
-RemoveJob = Callable[[str], None]
+RemoveJobs = Callable[[list[str]], None]
 
 
 def completion_event(record: JobRecord) -> CompletionEvent:
@@ -78,12 +79,12 @@ class Outbox:
         self,
         store: RequestStore,
         publisher: EventPublisher,
-        remove_job: RemoveJob,
+        remove_jobs: RemoveJobs,
         stuck_after_s: float,
     ) -> None:
         self.store = store
         self.publisher = publisher
-        self.remove_job = remove_job
+        self.remove_jobs = remove_jobs
         self.stuck_after_s = stuck_after_s
         self._lock = threading.Lock()
         # request_id -> when it was sent (monotonic) and the producer that took it
@@ -153,63 +154,82 @@ class Outbox:
     def _relay(self) -> None:
         next_housekeeping = time.monotonic() + RELAY_STEP_S
         while True:
-            try:
-                request_id, error, attempt = self._reports.get(timeout=RELAY_STEP_S)
-            except queue.Empty:
-                if self._stop.is_set():
-                    return
-                request_id, error, attempt = "", None, 0
+            reports = self._next_reports()
+            if not reports and self._stop.is_set():
+                return
+            delivered: list[str] = []
+            for request_id, error, attempt in reports:
+                with self._lock:
+                    sent = self._in_flight.get(request_id)
+                    current = sent is not None and sent[2] == attempt
+                    if error is None:  # whichever attempt it was, the broker has the event
+                        self._unsettled.add(request_id)
+                        self._waiting.pop(request_id, None)
+                        if current:
+                            del self._in_flight[request_id]
+                if error is None:
+                    if current and sent is not None:
+                        PUBLISH_SECONDS.observe(time.monotonic() - sent[0])
+                    delivered.append(request_id)
+                elif current:
+                    self._failed(request_id, error, "delivery")
+                # else: the failure of an attempt already given up; its successor is on its way
+            if delivered:
+                self._settle(delivered)
+            # After the reports at hand: an event whose report was waiting here is not stuck.
             if time.monotonic() >= next_housekeeping:  # on a clock: reports may never pause
                 next_housekeeping = time.monotonic() + RELAY_STEP_S
                 self._housekeeping()
-            if not request_id:
-                continue
-            with self._lock:
-                sent = self._in_flight.get(request_id)
-                current = sent is not None and sent[2] == attempt
-                if error is None:  # whichever attempt it was, the broker has the event
-                    self._unsettled.add(request_id)
-                    self._waiting.pop(request_id, None)
-                    if current:
-                        del self._in_flight[request_id]
-            if error is None:
-                if current and sent is not None:
-                    PUBLISH_SECONDS.observe(time.monotonic() - sent[0])
-                self._settle(request_id)
-            elif current:
-                self._failed(request_id, error, "delivery")
-            # else: the failure of an attempt already given up; its successor is on its way
 
-    @log_scope
-    def _settle(self, request_id: str) -> None:
-        """Kafka has the event: the request is done and its poll job goes."""
-        add_log_context(request_id=request_id)
-        offered = self._offered.get(request_id)
-        if offered is not None:
-            add_log_context(submission_id=offered.submission_id, cluster=offered.cluster)
+    def _next_reports(self) -> list[tuple[str, str | None, int]]:
+        """The reports received so far (up to a batch), waiting a step for the first one."""
         try:
-            self.store.mark_published(request_id)
+            reports = [self._reports.get(timeout=RELAY_STEP_S)]
+        except queue.Empty:
+            return []
+        while len(reports) < SETTLE_BATCH:
+            try:
+                reports.append(self._reports.get_nowait())
+            except queue.Empty:
+                break
+        return reports
+
+    def _settle(self, request_ids: list[str]) -> None:
+        """Kafka has their events: the requests are done and their poll jobs go, in one
+        transaction each, however many reports came in at once."""
+        try:
+            self.store.mark_published(request_ids)
         except PollerError as exc:
             logger.warning(
-                "event of %s is out but not yet recorded (%s); retrying",
-                request_id,
+                "%d event(s) out but not yet recorded (%s); retrying",
+                len(request_ids),
                 exc.message,
-                extra={"request_id": request_id},
             )
             return
         with self._lock:
-            self._unsettled.discard(request_id)
-            delivered = self._delivered.pop(request_id, None)
-            record = self._offered.pop(request_id, None)
-        if delivered is not None:
-            delivered.set()
-        if record is not None:
-            _count_published(record)
-        logger.info("published the event of %s", request_id, extra={"request_id": request_id})
+            for request_id in request_ids:
+                self._unsettled.discard(request_id)
+            delivered = [self._delivered.pop(r, None) for r in request_ids]
+            records = [self._offered.pop(r, None) for r in request_ids]
+        for event in delivered:
+            if event is not None:
+                event.set()
+        for request_id, record in zip(request_ids, records, strict=True):
+            if record is not None:
+                _count_published(record)
+            self._log_published(request_id, record)
         try:
-            self.remove_job(request_id)
-        except PollerError as exc:  # the reconcile removes the orphan job later
-            logger.warning("poll job of %s not removed yet: %s", request_id, exc.message)
+            self.remove_jobs(request_ids)
+        except PollerError as exc:  # the reconcile removes the orphan jobs later
+            logger.warning("poll jobs of %d request(s) not removed yet: %s", len(request_ids), exc)
+
+    @staticmethod
+    @log_scope
+    def _log_published(request_id: str, record: JobRecord | None) -> None:
+        add_log_context(request_id=request_id)
+        if record is not None:
+            add_log_context(submission_id=record.submission_id, cluster=record.cluster)
+        logger.info("published the event of %s", request_id, extra={"request_id": request_id})
 
     @log_scope
     def _failed(self, request_id: str, reason: str, cause: str) -> None:
@@ -236,8 +256,8 @@ class Outbox:
                 self._waiting[request_id] = "no delivery report from Kafka"
                 PUBLISH_FAILURES.labels("no_report").inc()
             waiting = dict(self._waiting)
-        for request_id in unsettled:
-            self._settle(request_id)
+        if unsettled:
+            self._settle(unsettled)
         for producer in {id(p): p for p in stuck.values() if p is not None}.values():
             self.publisher.replace_if_stuck(producer)
         if waiting and now - self._last_report >= WAITING_REPORT_S:

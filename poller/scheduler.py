@@ -254,6 +254,15 @@ class PollScheduler:
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(request_id)
 
+    def remove_many(self, request_ids: list[str]) -> None:
+        """Remove the poll jobs of ``request_ids`` in one transaction (see :meth:`remove`)."""
+        if self.scheduler.state == STATE_STOPPED or not request_ids:
+            return
+        try:
+            self.jobstore.remove_jobs(request_ids)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
     def job_ids(self) -> set[str]:
         """Ids of every loadable stored job (APScheduler deletes rows it cannot unpickle)."""
         return {job.id for job in self.jobstore.get_all_jobs()}

@@ -87,7 +87,7 @@ class Service:
         self.outbox = Outbox(
             self.store,
             self.publisher,
-            self.scheduler.remove,
+            self.scheduler.remove_many,
             stuck_after_s=settings.kafka_delivery_timeout_s + 5,
         )
         self.sources = {

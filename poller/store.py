@@ -46,6 +46,8 @@ ACTIVE_PHASES = (Phase.POLLING.value, Phase.CANCELLING.value, Phase.PUBLISHING.v
 ASKING_SPARK = (Phase.POLLING.value, Phase.CANCELLING.value)
 # A conflicting row that vanishes before we can name it (it just ended) earns another try.
 CONFLICT_ATTEMPTS = 3
+# Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters.
+IN_CHUNK = 500
 # Writes below must not make the ORM read rows first: that read would sit outside the
 # transaction on SQLite (pysqlite begins one only at the first write).
 NO_PRE_READ = {"synchronize_session": False}
@@ -500,16 +502,20 @@ class RequestStore:
         return bool(_rowcount(result))
 
     @_translate_db_errors
-    def mark_published(self, request_id: str) -> None:
-        """Kafka confirmed the event: the request is done."""
+    def mark_published(self, request_ids: list[str]) -> None:
+        """Kafka confirmed their events: the requests are done (one transaction for all)."""
+        now = utcnow()
         with self._tx() as session:
-            session.execute(
-                update(RequestRow)
-                .where(
-                    RequestRow.request_id == request_id, RequestRow.phase == Phase.PUBLISHING.value
+            for start in range(0, len(request_ids), IN_CHUNK):
+                session.execute(
+                    update(RequestRow)
+                    .where(
+                        RequestRow.request_id.in_(request_ids[start : start + IN_CHUNK]),
+                        RequestRow.phase == Phase.PUBLISHING.value,
+                    )
+                    .values(phase=Phase.DONE.value, published_at=now)
+                    .execution_options(**NO_PRE_READ)
                 )
-                .values(phase=Phase.DONE.value, published_at=utcnow())
-            )
 
     @_translate_db_errors
     def active_ids(self) -> set[str]:

@@ -71,7 +71,7 @@ def test_a_driver_is_free_on_another_cluster_and_once_its_request_is_done(
     assert store.complete("ours", DriverState.FINISHED, None)
     with pytest.raises(DriverTaken):  # publishing: its event is not out yet
         store.insert("late", "default", {}, submission_id=DRIVER)
-    store.mark_published("ours")
+    store.mark_published(["ours"])
     assert store.insert("later", "default", {}, submission_id=DRIVER).submission_id == DRIVER
 
 
@@ -135,7 +135,7 @@ def test_start_up_adds_the_driver_index_to_an_existing_database(
     assert "old-1" in caplog.text
     assert "old-2" in caplog.text  # ... and says which requests share a driver
     assert store.complete("old-2", DriverState.CANCELLED, "duplicate")
-    store.mark_published("old-2")
+    store.mark_published(["old-2"])
     store.create_schema()
     assert name in _index_names(engine)
     with pytest.raises(DriverTaken, match="'old-1'"):

@@ -64,7 +64,7 @@ def publishing(store: RequestStore, request_id: str) -> Any:
 def test_a_late_failure_of_a_stuck_send_leaves_its_successor_alone(store: RequestStore) -> None:
     publisher = RecordingPublisher()
     removed: list[str] = []
-    outbox = Outbox(store, publisher, removed.append, stuck_after_s=0.2)  # type: ignore[arg-type]
+    outbox = Outbox(store, publisher, removed.extend, stuck_after_s=0.2)  # type: ignore[arg-type]
     outbox.start()
     try:
         record = publishing(store, "r-1")
