@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench java postgres deps tools clean
+.PHONY: demo test lint bench bench-extra java postgres deps tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update -qq && \
@@ -56,10 +56,19 @@ lint: deps
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-bench: java deps
+# The performance suite behind bench/RESULTS.md, each figure beside its baseline: ~15 minutes.
+bench: java postgres deps
+	$(PY) bench/capacity.py --drivers 10000 --measure 20
+	$(PY) bench/capacity.py --drivers 50000 --measure 20 --only view,noop
+	$(PY) bench/restart.py --drivers 10000
+	$(PY) bench/submit.py --in-flight 10000 --seconds 20
+	$(PY) bench/events.py --drivers 10000
+	$(PY) bench/status_check.py
+
+# Earlier measurements: event latency on a real cluster, and what durable SQLite commits cost.
+bench-extra: java deps
 	$(PY) bench/latency.py
 	$(PY) bench/sqlite_sync.py
-	$(PY) bench/capacity.py --drivers 1000 --measure 60
 
 # Everything the project makes: virtualenvs, the demo's state, build output, caches, and the
 # SQLite files of a `spark-poller serve` run here with the default POLLER_DATABASE_URL.

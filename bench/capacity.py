@@ -3,7 +3,8 @@
 Each poller follows N drivers of a Spark REST stand-in (bench/standin.py) at the same interval,
 one after the other, each from a database seeded with N requests in flight (bench/seed.py):
 
-- spark-poller (view): the service as shipped; polls read the master's cluster view;
+- spark-poller (view): the service as shipped; polls read the master's cluster view (view-pg:
+  the same on PostgreSQL);
 - spark-poller (rest): the service asking each driver's REST status at each poll;
 - apscheduler-status: APScheduler 3, a SQLAlchemyJobStore, one interval job per driver whose run
   is one status GET: the stock way to poll with this stack;
@@ -16,7 +17,7 @@ hand-over to its pool minus the scheduled time), requests the master got per min
 drivers were never polled (starved).
 
     python bench/capacity.py [--drivers 10000] [--interval 30] [--measure 30]
-        [--only view,rest,status,noop] [--postgres]
+        [--only view,view-pg,rest,status,noop]
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from poller.devstack import Daemon, KafkaBroker, Postgres, free_port, wait_for
 
 TICKS = os.sysconf("SC_CLK_TCK")
 LAG_METRIC = "spark_poller_scheduler_lag_seconds"
-VARIANTS = ("view", "rest", "status", "noop")
+VARIANTS = ("view", "view-pg", "rest", "status", "noop")
 
 
 def cpu_s(pid: int) -> float:
@@ -307,7 +308,6 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=30.0)
     parser.add_argument("--measure", type=float, default=30.0)
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
-    parser.add_argument("--postgres", action="store_true", help="also the service on PostgreSQL")
     parser.add_argument("--as-baseline", choices=["status", "noop"], help=argparse.SUPPRESS)
     parser.add_argument("--standin", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
@@ -321,10 +321,10 @@ def main() -> None:
     rows: list[str] = []
     try:
         for variant in wanted:
-            if variant in ("view", "rest"):
-                databases = ["sqlite", "postgresql"] if args.postgres else ["sqlite"]
-                for database in databases:
-                    rows.append(run_service(args, workdir, variant, database).row())
+            if variant in ("view", "rest", "view-pg", "rest-pg"):
+                database = "postgresql" if variant.endswith("-pg") else "sqlite"
+                source = variant.removesuffix("-pg")
+                rows.append(run_service(args, workdir, source, database).row())
             else:
                 rows.append(run_baseline(args, workdir, variant).row())
             print(rows[-1], flush=True)

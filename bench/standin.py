@@ -11,8 +11,8 @@ enough that the service, not the stand-in, is what a benchmark measures.
 
 ``--drivers`` pre-creates that many RUNNING drivers (ids printed by ``GET /bench/drivers``);
 ``--runs-s`` > 0 makes each driver FINISH that long after it started. ``POST /bench/end``
-ends every driver now (FINISHED), ``GET /bench/counts`` gives the request counts and
-``GET /bench/timeline`` the requests of each kind per second.
+ends every driver now (FINISHED; ``?n=K``: K more of them), ``GET /bench/counts`` gives the
+request counts and ``GET /bench/timeline`` the requests of each kind per second.
 """
 
 from __future__ import annotations
@@ -123,12 +123,15 @@ class Master:
             return 200, {kind: dict(seconds) for kind, seconds in self.timeline.items()}
         if path == "/bench/drivers":
             return 200, sorted(self.drivers)
-        if path == "/bench/end" and method == "POST":
+        if path.startswith("/bench/end") and method == "POST":
+            limit = int(path.partition("?n=")[2] or len(self.drivers))
+            ended = 0
             for driver in self.drivers.values():
-                if driver.state == "RUNNING":
+                if ended < limit and driver.state == "RUNNING":
                     driver.state = "FINISHED"
+                    ended += 1
             self.version += 1
-            return 200, {"ended": len(self.drivers), "at": time.time()}
+            return 200, {"ended": ended, "at": time.time()}
         return 404, {"message": "no such path"}
 
     def cached_view(self) -> RawJson:
@@ -181,7 +184,8 @@ async def serve_connection(
                     length = int(value.strip())
             if length:
                 await reader.readexactly(length)
-            status, body = master.answer(method, path.split("?", 1)[0])
+            bare = path.split("?", 1)[0]
+            status, body = master.answer(method, path if bare == "/bench/end" else bare)
             payload = body if isinstance(body, RawJson) else json.dumps(body).encode()
             writer.write(
                 f"HTTP/1.1 {status} OK\r\ncontent-type: application/json;charset=utf-8\r\n"

@@ -27,7 +27,7 @@ from poller.errors import (
 from poller.logs import add_log_context, current_log_context, log_scope
 from poller.metrics import POLL_ERRORS, POLLS
 from poller.outbox import Outbox
-from poller.schemas import DriverState, JobRecord, Phase
+from poller.schemas import DriverState, DriverStatus, JobRecord, Phase
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
 from poller.store import RequestStore, utcnow
@@ -193,26 +193,31 @@ class Poller:
             raise UnknownCluster(f"cluster {record.cluster!r} is not configured in this process")
         try:
             # A kill is confirmed by Spark's answer now, not by the next cluster view.
-            status = source.status(record.submission_id, direct=record.phase == Phase.CANCELLING)
+            status = source.status(
+                record.submission_id,
+                direct=record.phase == Phase.CANCELLING,
+                request_id=record.request_id,
+            )
         except SparkError as exc:
             POLL_ERRORS.labels(record.cluster, error_cause(exc)).inc()
             # The kill's deadline holds whether or not Spark answers.
             if record.phase == Phase.CANCELLING and self._kill_unconfirmed(record, utcnow()):
                 return self._kill_deadline_passed(record)
             raise
-        record = self.store.record_poll(record, status) or self._reload(record.request_id)
         ended = status.found and status.state is not None and status.state.terminal
         outcome = "ended" if ended else "running" if status.found else "unknown"
         POLLS.labels(record.cluster, outcome).inc()
-        if ended:
+        if ended:  # one write: the poll, Spark's state and the outcome
             assert status.state is not None
             if record.phase == Phase.CANCELLING:
                 return self._fix(
                     record,
                     DriverState.CANCELLED,
                     f"{record.message}; driver ended {status.state.value}",
+                    status,
                 )
-            return self._fix(record, status.state, status.message)
+            return self._fix(record, status.state, status.message, status)
+        record = self.store.record_poll(record, status) or self._reload(record.request_id)
         if not status.found:
             if record.phase == Phase.CANCELLING:  # killed and gone (or forgotten): cancelled
                 return self._fix(
@@ -283,8 +288,14 @@ class Poller:
             return f"; kill failed: {exc.message}"
         return "; driver killed" if accepted else "; kill refused by Spark"
 
-    def _fix(self, record: JobRecord, final_state: DriverState, message: str | None) -> JobRecord:
-        self.store.complete(record.request_id, final_state, message)
+    def _fix(
+        self,
+        record: JobRecord,
+        final_state: DriverState,
+        message: str | None,
+        seen: DriverStatus | None = None,
+    ) -> JobRecord:
+        self.store.complete(record.request_id, final_state, message, seen)
         logger.info(
             "%s of %s ended %s",
             record.submission_id,

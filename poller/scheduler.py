@@ -254,6 +254,13 @@ class PollScheduler:
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(request_id)
 
+    def wake(self, request_ids: list[str]) -> None:
+        """Run the poll jobs of ``request_ids`` now rather than at their next turn."""
+        now = datetime.now(UTC)
+        for request_id in request_ids:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.modify_job(request_id, next_run_time=now)
+
     def remove_many(self, request_ids: list[str]) -> None:
         """Remove the poll jobs of ``request_ids`` in one transaction (see :meth:`remove`)."""
         if self.scheduler.state == STATE_STOPPED or not request_ids:

@@ -99,6 +99,7 @@ class Service:
                     name, client.cluster, settings.spark_timeout_s, client.alive_master
                 ),
                 view_max_age_s(settings),
+                wake=self.scheduler.wake,
             )
             for name, client in self.clusters.items()
         }

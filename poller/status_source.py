@@ -6,7 +6,9 @@ the driver's previous answer (states never go back) and is at most ``max_age_s``
 it adds to noticing an ending). It asks the REST status call instead when the driver is not in
 the view (just submitted, or evicted from the master's memory), when the view cannot be had, when
 the view says ERROR (only the REST answer carries Spark's message), and for drivers being
-cancelled (a kill is confirmed at once, not at the next refresh).
+cancelled (a kill is confirmed at once, not at the next refresh). A refresh that shows drivers
+ended (or gone) since the last view wakes their polls at once: an ending is seen within
+``max_age_s`` of happening, not a poll interval later.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from poller.errors import SparkUnavailable
 from poller.master_view import ClusterView, MasterView
@@ -34,11 +37,21 @@ def view_state(raw: str) -> DriverState:
 class StatusSource:
     """One cluster's driver states for the poll job."""
 
-    def __init__(self, client: SparkClient, view: MasterView | None, max_age_s: float) -> None:
+    def __init__(
+        self,
+        client: SparkClient,
+        view: MasterView | None,
+        max_age_s: float,
+        wake: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.client = client
         self.view = view
         self.max_age_s = max_age_s
+        self.wake = wake
         self.name = client.name
+        # Drivers last seen running in a view -> their request: a newer view that shows them
+        # ended wakes their polls at once instead of at their next turn.
+        self._running: dict[str, str] = {}
         self._lock = threading.Lock()  # guards _current, _answered, _retry_at, _problem
         self._refresh = threading.Lock()  # one refresh at a time; the others wait for it
         self._current: ClusterView | None = None
@@ -51,21 +64,32 @@ class StatusSource:
         if self.view is not None:
             self.view.close()
 
-    def status(self, submission_id: str, direct: bool = False) -> DriverStatus:
-        """The driver's state now. Raises what :meth:`SparkClient.status` raises."""
+    def status(
+        self, submission_id: str, direct: bool = False, request_id: str | None = None
+    ) -> DriverStatus:
+        """The driver's state now. Raises what :meth:`SparkClient.status` raises.
+
+        ``request_id`` names the request whose poll asks: its poll is woken when a later view
+        shows the driver ended."""
         if self.view is not None and not direct:
             view = self._view_for(submission_id)
             raw = None if view is None else view.states.get(submission_id)
             if view is not None and raw is not None and view_state(raw) != DriverState.ERROR:
+                state = view_state(raw)
                 with self._lock:
                     self._answered[submission_id] = view.taken_at
+                    if request_id is not None and not state.terminal:
+                        self._running[submission_id] = request_id
+                    else:
+                        self._running.pop(submission_id, None)
                 STATUS_ANSWERS.labels(self.name, "view").inc()
-                return DriverStatus(found=True, state=view_state(raw), raw_state=raw)
+                return DriverStatus(found=True, state=state, raw_state=raw)
         status = self.client.status(submission_id)
         answered = time.monotonic()
         if self.view is not None:
             with self._lock:
                 self._answered[submission_id] = answered
+                self._running.pop(submission_id, None)
         STATUS_ANSWERS.labels(self.name, "rest").inc()
         return status
 
@@ -98,13 +122,21 @@ class StatusSource:
             return self._usable(submission_id, time.monotonic())
 
     def _took(self, view: ClusterView) -> None:
+        ended: list[str] = []
         with self._lock:
             self._current = view
             self._retry_at = 0.0
             # An answer older than any usable view no longer decides anything.
             oldest = view.taken_at - self.max_age_s
             self._answered = {k: t for k, t in self._answered.items() if t > oldest}
+            for submission_id, request_id in list(self._running.items()):
+                raw = view.states.get(submission_id)
+                if raw is None or view_state(raw).terminal:  # ended, or gone: poll it now
+                    del self._running[submission_id]
+                    ended.append(request_id)
             problem, self._problem = self._problem, None
+        if ended and self.wake is not None:
+            self.wake(ended)
         if problem is not None:
             logger.warning(
                 "Spark cluster %s: the cluster view answers again; polls use it", self.name

@@ -467,9 +467,18 @@ class RequestStore:
             return bool(_rowcount(result))
 
     @_translate_db_errors
-    def complete(self, request_id: str, final_state: DriverState, message: str | None) -> bool:
-        """Fix the request's outcome once (-> PUBLISHING); False if it was already fixed."""
-        return self._fix(request_id, ASKING_SPARK, final_state, message)
+    def complete(
+        self,
+        request_id: str,
+        final_state: DriverState,
+        message: str | None,
+        seen: DriverStatus | None = None,
+    ) -> bool:
+        """Fix the request's outcome once (-> PUBLISHING); False if it was already fixed.
+
+        ``seen`` is the status answer that showed the ending: counted as a poll, and Spark's
+        word for the state kept, in the same write."""
+        return self._fix(request_id, ASKING_SPARK, final_state, message, seen)
 
     def _fix(
         self,
@@ -477,6 +486,7 @@ class RequestStore:
         phases: tuple[str, ...],
         final_state: DriverState,
         message: str | None,
+        seen: DriverStatus | None = None,
     ) -> bool:
         values: dict[str, object] = {
             "phase": Phase.PUBLISHING.value,
@@ -489,6 +499,14 @@ class RequestStore:
         taken = self._take_count(request_id)
         if taken is not None:  # the polls counted so far go into the event
             values.update(polls=RequestRow.polls + taken[0], last_polled_at=taken[1])
+        if seen is not None:
+            counted = 1 + (taken[0] if taken is not None else 0)
+            values.update(
+                polls=RequestRow.polls + counted,
+                last_polled_at=values["completed_at"],
+                spark_state=seen.raw_state,
+                unknown_polls=0,
+            )
         try:
             with self._tx() as session:
                 result = session.execute(

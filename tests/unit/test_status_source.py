@@ -160,3 +160,21 @@ def test_ui_urls_default_to_each_rest_host_on_the_default_ui_port() -> None:
         ClusterConfig(
             rest_url="http://m1:6066", master_url="spark://m1:7077", ui_url="http://a,http://b"
         )
+
+
+def test_a_refresh_wakes_the_polls_of_drivers_it_shows_ended() -> None:
+    view = FakeView({"d1": "RUNNING", "d2": "RUNNING", "d3": "RUNNING"})
+    woken: list[list[str]] = []
+    statuses = StatusSource(
+        cast(SparkClient, FakeClient()), cast(MasterView, view), 60.0, wake=woken.append
+    )
+    for n in (1, 2, 3):
+        statuses.status(f"d{n}", request_id=f"r{n}")
+    view.states.update(d1="FINISHED", d2="RUNNING")
+    del view.states["d3"]  # gone from the master's memory: its poll asks REST now
+    statuses.status("d2", request_id="r2")  # needs a newer view: the refresh
+    assert woken == [["r1", "r3"]]
+    view.states["d2"] = "KILLED"
+    statuses.status("d1", request_id="r1")  # the woken poll: FINISHED, from the view
+    statuses.status("d2", request_id="r2")
+    assert woken == [["r1", "r3"], ["r2"]]
