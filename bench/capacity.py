@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import baseline_jobs
 from bench.seed import seed, seed_jobs
 from poller.db import create_db_engine
 from poller.devstack import Daemon, KafkaBroker, Postgres, free_port, wait_for
@@ -226,7 +226,7 @@ def run_baseline(args: argparse.Namespace, workdir: Path, job: str) -> Measured:
     report = workdir / f"baseline-{job}.json"
     ids = standin.drivers()
     engine = sa.create_engine(database)
-    seed_jobs(engine, ids, f"__main__:{job}_job", [(sid,) for sid in ids], args.interval)
+    seed_jobs(engine, ids, f"bench.baseline_jobs:{job}_job", [(s,) for s in ids], args.interval)
     engine.dispose()
     argv = [sys.executable, __file__, "--as-baseline", job, "--standin", standin.url]
     argv += ["--database", database, "--report", str(report)]
@@ -258,8 +258,7 @@ def baseline_process(args: argparse.Namespace) -> None:
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    global STANDIN  # read by status_job, which the stored jobs reference by name
-    STANDIN = args.standin
+    baseline_jobs.STANDIN = args.standin  # read by status_job, which the stored jobs name
     scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=args.database)},
         executors={"default": JobPool(10)},
@@ -280,20 +279,6 @@ def baseline_process(args: argparse.Namespace) -> None:
         temporary.write_text(json.dumps(state))
         temporary.replace(args.report)
         time.sleep(0.5)
-
-
-STANDIN = ""
-_local = threading.local()
-
-
-def status_job(sid: str) -> None:
-    if not hasattr(_local, "s"):
-        _local.s = requests.Session()
-    _local.s.get(f"{STANDIN}/v1/submissions/status/{sid}", timeout=10).json()
-
-
-def noop_job(_sid: str) -> None:
-    pass
 
 
 HEADER = (

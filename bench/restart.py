@@ -14,7 +14,6 @@ misfire limit) starting on the same overdue jobs.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -108,7 +107,9 @@ def run_baseline(args: argparse.Namespace, workdir: Path) -> str:
     report = workdir / "restart-baseline.json"
     ids = standin.drivers()
     engine = sa.create_engine(database)
-    seed_jobs(engine, ids, "__main__:status_job", [(i,) for i in ids], args.interval, args.down)
+    seed_jobs(
+        engine, ids, "bench.baseline_jobs:status_job", [(i,) for i in ids], args.interval, args.down
+    )
     engine.dispose()
     argv = [sys.executable, str(Path(__file__).with_name("capacity.py"))]
     argv += ["--as-baseline", "status", "--standin", standin.url, "--database", database]
@@ -121,15 +122,21 @@ def run_baseline(args: argparse.Namespace, workdir: Path) -> str:
         first_second = int(time.time())
         time.sleep(args.interval + 1)
         last_second = int(time.time())
-        polled = int(json.loads(report.read_text())["distinct"])
         timeline = requests.get(f"{standin.url}/bench/timeline", timeout=10).json()
     finally:
         proc.terminate()
         proc.wait(30)
         standin.stop()
+    # APScheduler reports a pass's submissions only once the pass is over, which a backlog can
+    # delay past the interval: each status request of the interval is one driver polled.
+    asked = sum(
+        n
+        for second, n in timeline.get("status", {}).items()
+        if first_second <= int(second) < last_second
+    )
     return (
         f"| apscheduler-status | {args.down:,.0f} s | {args.drivers:,} | - | {ready:.2f} s "
-        f"| {args.drivers - polled} | {rates(timeline, first_second, last_second)} |"
+        f"| >= {max(0, args.drivers - asked):,} | {rates(timeline, first_second, last_second)} |"
     )
 
 

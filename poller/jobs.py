@@ -101,7 +101,7 @@ class Jobs:
             request_id=request_id, cluster=request.cluster, submission_id=request.submission_id
         )
         if request.job is None:
-            return self._adopt(request_id, request, client, trace)
+            return self._adopt(request_id, request, trace)
         self._insert(request_id, request, trace)
         with self._pending_lock:
             self._submitting.add(request_id)  # recovery leaves it alone while we are at it
@@ -115,7 +115,6 @@ class Jobs:
         self,
         request_id: str,
         request: SubmitRequest,
-        client: SparkClient,
         trace: TraceContext | None,
     ) -> SubmitResponse:
         """Track a driver Spark already runs: read its state, then record the request and its
@@ -125,7 +124,8 @@ class Jobs:
         existing = self.store.get(request_id)  # a retried adoption is answered without Spark
         if existing is not None:
             raise self._conflict(existing)
-        status = client.status(submission_id)
+        # Through the poll's source: a cluster view older than this answer is never used for it.
+        status = self.poller.sources[request.cluster].status(submission_id, direct=True)
         if not status.found or status.state is None:
             raise InvalidRequest(
                 f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"

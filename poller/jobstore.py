@@ -19,9 +19,11 @@ store is the stock table-backed one.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import pickle
 import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 1.0
 LOAD_CHUNK = 500
+SAVE_CHUNK = 1000  # next run times per transaction: a bounded write, whatever the backlog
+FAILURE_REPEAT_S = 60.0
 
 
 class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
@@ -55,6 +59,8 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         self._unsaved: dict[str, float | None] = {}  # next run times not yet written
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
+        self._generation = 0  # bumped at each own() and disown()
+        self._last_failure: dict[str, float] = {}
         self._update_time = (
             self.jobs_t.update()
             .where(self.jobs_t.c.id == bindparam("job_id"))
@@ -76,8 +82,14 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             self._unsaved.clear()
             loaded = self._load(None)
             self._owned = True
-        self._stop.clear()
-        self._syncer = threading.Thread(target=self._sync_loop, name="jobstore-sync", daemon=True)
+            self._generation += 1
+            generation = self._generation
+        # A thread of each ownership, with a stop of its own: one of an earlier ownership still
+        # inside a database call (the lease was lost meanwhile) never writes for this one.
+        self._stop = threading.Event()
+        self._syncer = threading.Thread(
+            target=self._sync_loop, args=(self._stop, generation), name="jobstore-sync", daemon=True
+        )
         self._syncer.start()
         return loaded
 
@@ -85,6 +97,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         """Another process may own the store now: forget memory, write nothing more."""
         self._stop.set()
         with self._lock:
+            self._generation += 1
             self._owned = False
             self._jobs.clear()
             self._times.clear()
@@ -248,24 +261,32 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             earliest = self.get_next_run_time()
             return len(self._jobs), earliest
 
-    def save_times(self) -> int:
-        """Write every next run time changed since the last save, in one transaction."""
-        with self._lock:
-            batch, self._unsaved = self._unsaved, {}
-        if not batch:
-            return 0
-        rows = [{"job_id": job_id, "time": stamp} for job_id, stamp in batch.items()]
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(self._update_time, rows)
-        except BaseException:
-            with self._lock:  # newer times recorded meanwhile win
-                self._unsaved = {**batch, **self._unsaved}
-            raise
-        return len(rows)
+    def save_times(self, generation: int | None = None) -> int:
+        """Write the next run times changed since the last save, a bounded batch per
+        transaction; only while ``generation`` (default: the current one) owns the store."""
+        saved = 0
+        while True:
+            with self._lock:
+                if not self._owned or generation not in (None, self._generation):
+                    return saved
+                ids = list(itertools.islice(self._unsaved, SAVE_CHUNK))
+                batch = {job_id: self._unsaved.pop(job_id) for job_id in ids}
+            if not batch:
+                return saved
+            rows = [{"job_id": job_id, "time": stamp} for job_id, stamp in batch.items()]
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(self._update_time, rows)
+            except BaseException:
+                with self._lock:  # newer times recorded meanwhile win
+                    self._unsaved = {**batch, **self._unsaved}
+                raise
+            saved += len(rows)
 
     def sync(self) -> int:
         """Load jobs that another process added since; returns how many."""
+        if not self._owned:
+            return 0
         with self.engine.connect() as conn:
             stored = set(conn.scalars(select(self.jobs_t.c.id)))
         with self._lock:
@@ -315,15 +336,26 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
                 conn.execute(table.delete().where(table.c.id.in_(broken)))
         return loaded
 
-    def _sync_loop(self) -> None:
-        """Save next run times and pick up others' additions, once a ``sync_interval_s``."""
-        while not self._stop.wait(self.sync_interval_s):
+    def _sync_loop(self, stop: threading.Event, generation: int) -> None:
+        """Save next run times and pick up others' additions, once a ``sync_interval_s``; each
+        on its own, so that one failing never holds up the other."""
+        while not stop.wait(self.sync_interval_s):
             try:
-                self.save_times()
+                self.save_times(generation)
+            except Exception as exc:
+                self._failed("saving next run times", exc)
+            try:
                 if self.sync() and self._scheduler is not None:
                     self._scheduler.wakeup()
             except Exception as exc:
-                logger.warning("job store sync failed, retrying: %s", type(exc).__name__)
+                self._failed("loading jobs added by other processes", exc)
+
+    def _failed(self, step: str, exc: Exception) -> None:
+        """Log a failing step once a minute, not once a second."""
+        now = time.monotonic()
+        if self._last_failure.get(step, float("-inf")) + FAILURE_REPEAT_S <= now:
+            self._last_failure[step] = now
+            logger.warning("job store: %s failed, retrying: %s", step, type(exc).__name__)
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -249,6 +249,9 @@ class Poller:
         reason = self._overdue(record, now)
         if reason is not None:
             if self.policy.kill_on_timeout:
+                record = self._reload(record.request_id)  # never kill what was cancelled meanwhile
+                if record.phase != Phase.POLLING:
+                    return record
                 reason += self._kill(record)
             return self._fix(record, DriverState.TIMED_OUT, reason)
         return record
@@ -295,7 +298,12 @@ class Poller:
         message: str | None,
         seen: DriverStatus | None = None,
     ) -> JobRecord:
-        self.store.complete(record.request_id, final_state, message, seen)
+        # Decided from ``record``: a request another process moved on meanwhile (a cancel
+        # through a standby) is left as it is, and its next run decides again.
+        if self.store.complete(record.request_id, final_state, message, seen, record.phase):
+            source = self.sources.get(record.cluster)
+            if source is not None and record.submission_id is not None:
+                source.forget(record.submission_id)
         logger.info(
             "%s of %s ended %s",
             record.submission_id,

@@ -51,6 +51,12 @@ class ResilientScheduler(BackgroundScheduler):  # type: ignore[misc]
                 executor.shutdown(wait)
         super().shutdown(wait=False)
 
+    def remove_jobs(self, job_ids: list[str], jobstore: OwnedJobStore) -> None:
+        """Remove many jobs at once, under the same lock as a pass over the due jobs, so a
+        removal always comes after the pass has written the job's next run time."""
+        with self._jobstores_lock:
+            jobstore.remove_jobs(job_ids)
+
     def _process_jobs(self) -> float | None:
         if self.state == STATE_STOPPED:
             return None
@@ -266,7 +272,7 @@ class PollScheduler:
         if self.scheduler.state == STATE_STOPPED or not request_ids:
             return
         try:
-            self.jobstore.remove_jobs(request_ids)
+            self.scheduler.remove_jobs(request_ids, self.jobstore)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 

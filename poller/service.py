@@ -240,14 +240,26 @@ class Service:
                 self._beats.failed(exc)
             else:
                 self._beats.problem = None
+            self._flush_poll_counts(self.heartbeat)
+
+    def _flush_poll_counts(self, now: float) -> None:
+        """Write the polls counted in memory, every few seconds: apart from the lease's beat, so
+        a failing write never delays noticing a lost lease (the counts wait for the next try)."""
+        beats = self._beats
+        if now < beats.next_counts_flush:
+            return
+        beats.next_counts_flush = now + POLL_COUNTS_FLUSH_S
+        try:
+            self.store.flush_poll_counts()
+        except Exception as exc:
+            if now - beats.counts_failed_at > FAILURE_REPEAT_S:
+                beats.counts_failed_at = now
+                logger.warning("poll counts not written yet, retrying: %s", exc)
 
     def _watch_step(self, now: float) -> None:
         beats = self._beats
         if self.jobs.pending_writes:
             self.jobs.retry_pending_writes()
-        if now >= beats.next_counts_flush:
-            beats.next_counts_flush = now + POLL_COUNTS_FLUSH_S
-            self.store.flush_poll_counts()
         if not self._activated.is_set():
             return
         if not self._leading.is_set():
@@ -408,6 +420,7 @@ class _Beats:
         self.next_lease_try = self.next_lease_check = 0.0
         self.next_recovery = self.next_reconcile = 0.0
         self.next_counts_flush = 0.0
+        self.counts_failed_at = float("-inf")
         self._said_standby = False
         self.problem: str | None = None  # why the last step failed, until one succeeds
         self._last_failure = ""

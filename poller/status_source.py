@@ -117,11 +117,17 @@ class StatusSource:
             except SparkUnavailable as exc:
                 self._failed(exc.message)
                 return None
-            self._took(fresh)
+            ended = self._took(fresh)
+        if ended and self.wake is not None:  # not under _refresh: other polls need not wait
+            try:
+                self.wake(ended)
+            except Exception as exc:  # they are polled at their next turn anyway
+                logger.debug("could not wake %d poll(s): %s", len(ended), exc)
         with self._lock:
             return self._usable(submission_id, time.monotonic())
 
-    def _took(self, view: ClusterView) -> None:
+    def _took(self, view: ClusterView) -> list[str]:
+        """Use ``view`` from now on; returns the requests whose drivers it shows ended."""
         ended: list[str] = []
         with self._lock:
             self._current = view
@@ -135,17 +141,25 @@ class StatusSource:
                     del self._running[submission_id]
                     ended.append(request_id)
             problem, self._problem = self._problem, None
-        if ended and self.wake is not None:
-            self.wake(ended)
         if problem is not None:
             logger.warning(
                 "Spark cluster %s: the cluster view answers again; polls use it", self.name
             )
+        return ended
+
+    def forget(self, submission_id: str) -> None:
+        """The driver's request is settled: nothing more to remember of it."""
+        with self._lock:
+            self._answered.pop(submission_id, None)
+            self._running.pop(submission_id, None)
 
     def _failed(self, message: str) -> None:
         with self._lock:
             self._current = None
             self._retry_at = time.monotonic() + self.max_age_s
+            # An answer older than any view that could be usable decides nothing.
+            oldest = time.monotonic() - self.max_age_s
+            self._answered = {k: t for k, t in self._answered.items() if t > oldest}
             repeated, self._problem = self._problem == message, message
         if not repeated:
             logger.warning(

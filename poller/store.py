@@ -57,7 +57,11 @@ _REQUESTS = cast(Table, RequestRow.__table__)
 _GET = select(_REQUESTS).where(_REQUESTS.c.request_id == bindparam("rid"))
 _ADD_POLLS = (
     update(_REQUESTS)
-    .where(_REQUESTS.c.request_id == bindparam("rid"))
+    # A request whose ending is fixed took its counts into that write: its event never changes.
+    .where(
+        _REQUESTS.c.request_id == bindparam("rid"),
+        _REQUESTS.c.phase.in_([Phase.POLLING.value, Phase.CANCELLING.value]),
+    )
     .values(polls=_REQUESTS.c.polls + bindparam("n"), last_polled_at=bindparam("at"))
 )
 
@@ -473,12 +477,15 @@ class RequestStore:
         final_state: DriverState,
         message: str | None,
         seen: DriverStatus | None = None,
+        phase: Phase | None = None,
     ) -> bool:
-        """Fix the request's outcome once (-> PUBLISHING); False if it was already fixed.
+        """Fix the request's outcome once (-> PUBLISHING); False if it was already fixed, or
+        is no longer in ``phase`` (the phase the caller decided from).
 
         ``seen`` is the status answer that showed the ending: counted as a poll, and Spark's
         word for the state kept, in the same write."""
-        return self._fix(request_id, ASKING_SPARK, final_state, message, seen)
+        phases = ASKING_SPARK if phase is None else (phase.value,)
+        return self._fix(request_id, phases, final_state, message, seen)
 
     def _fix(
         self,
