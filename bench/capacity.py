@@ -79,11 +79,11 @@ def metric_sum(text: str, name: str) -> float:
     )
 
 
-def lag_buckets(text: str) -> dict[float, float]:
-    """The service's cumulative lag histogram: upper bound -> count."""
+def histogram(text: str, name: str = LAG_METRIC) -> dict[float, float]:
+    """A histogram of the service's /metrics text: upper bound -> cumulative count."""
     buckets: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith(LAG_METRIC + "_bucket"):
+        if line.startswith(name + "_bucket"):
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[float("inf") if bound == "+Inf" else float(bound)] = float(
                 line.rsplit(" ", 1)[1]
@@ -201,8 +201,8 @@ def run_service(args: argparse.Namespace, workdir: Path, source: str, database: 
                 args.measure,
             )
             after = scrape(base)
-            p50 = bucket_quantile(lag_buckets(before), lag_buckets(after), 0.5)
-            p99 = bucket_quantile(lag_buckets(before), lag_buckets(after), 0.99)
+            p50 = bucket_quantile(histogram(before), histogram(after), 0.5)
+            p99 = bucket_quantile(histogram(before), histogram(after), 0.99)
             result.lag = f"<= {p50:g} / {p99:g} s"
         finally:
             service.stop(grace_s=30)  # a clean stop writes the counted polls

@@ -33,7 +33,15 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.capacity import Standin, bucket_quantile, metric_sum, quantile, scrape, service_env
+from bench.capacity import (
+    Standin,
+    bucket_quantile,
+    histogram,
+    metric_sum,
+    quantile,
+    scrape,
+    service_env,
+)
 from bench.seed import seed
 from poller.config import Settings
 from poller.db import create_db_engine
@@ -42,17 +50,6 @@ from poller.events import producer_config
 
 END_METRIC = "spark_poller_driver_end_to_event_seconds"
 ONE_AT_A_TIME = 200
-
-
-def histogram(text: str, name: str) -> dict[float, float]:
-    buckets: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float("inf") if bound == "+Inf" else float(bound)] = float(
-                line.rsplit(" ", 1)[1]
-            )
-    return buckets
 
 
 def read_all(
