@@ -21,12 +21,13 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from poller import migrate
 from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
+from poller.group_commit import GroupCommit, database_unavailable
 from poller.models import RequestRow
 from poller.schemas import (
     DriverState,
@@ -79,10 +80,8 @@ def _translate_db_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except PoolTimeout as exc:
             raise StoreUnavailable("database unavailable: no connection free in time") from exc
-        except OperationalError as exc:
-            raise StoreUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
         except DBAPIError as exc:
-            if exc.connection_invalidated:
+            if database_unavailable(exc):
                 raise StoreUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
             raise
 
@@ -147,6 +146,8 @@ class RequestStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # The writes of the poll path, submits and the outbox: many threads, one commit at a time.
+        self._group = GroupCommit(engine)
         # Polls that changed nothing but the counters: counted here, written in batches
         # (flush_poll_counts), folded into the request's next write, and shown by every read.
         self._counts_lock = threading.Lock()
@@ -245,14 +246,15 @@ class RequestStore:
                 traceparent=None if trace is None else trace.traceparent,
                 tracestate=None if trace is None else trace.tracestate,
             )
+            values = {column.key: getattr(row, column.key) for column in _REQUESTS.columns}
+
+            def write(conn: Connection, values: dict[str, Any] = values) -> None:
+                conn.execute(insert(_REQUESTS), values)
+                if also is not None:
+                    also(conn)
+
             try:
-                with self.engine.begin() as conn:
-                    conn.execute(
-                        insert(_REQUESTS),
-                        {column.key: getattr(row, column.key) for column in _REQUESTS.columns},
-                    )
-                    if also is not None:
-                        also(conn)
+                self._group.run(write)
                 return _record(row)
             except IntegrityError as exc:
                 with self._sessions() as session:
@@ -432,28 +434,27 @@ class RequestStore:
         earlier = 0 if taken is None else taken[0]
         values: dict[str, object] = {
             **changes,
-            "polls": RequestRow.polls + earlier + 1,
+            "polls": _REQUESTS.c.polls + earlier + 1,
             "last_polled_at": now,
         }
         if not status.found:
-            values["unknown_polls"] = RequestRow.unknown_polls + 1
+            values["unknown_polls"] = _REQUESTS.c.unknown_polls + 1
         elif "state" in changes:
             values["state"] = status.state.value if status.state else None
+        statement = (
+            update(_REQUESTS)
+            .where(
+                _REQUESTS.c.request_id == record.request_id,
+                _REQUESTS.c.phase.in_(ASKING_SPARK),
+            )
+            .values(**values)
+        )
         try:
-            with self._tx() as session:
-                moved = session.execute(
-                    update(RequestRow)
-                    .where(
-                        RequestRow.request_id == record.request_id,
-                        RequestRow.phase.in_(ASKING_SPARK),
-                    )
-                    .values(**values)
-                    .execution_options(**NO_PRE_READ)
-                )
+            moved = self._group.run(lambda conn: _rowcount(conn.execute(statement)))
         except BaseException:
             self._restore_count(record.request_id, taken)
             raise
-        if not _rowcount(moved):
+        if not moved:
             return None
         return record.model_copy(
             update={**changes, "polls": record.polls + 1, "last_polled_at": now}
@@ -505,42 +506,43 @@ class RequestStore:
             values["message"] = message
         taken = self._take_count(request_id)
         if taken is not None:  # the polls counted so far go into the event
-            values.update(polls=RequestRow.polls + taken[0], last_polled_at=taken[1])
+            values.update(polls=_REQUESTS.c.polls + taken[0], last_polled_at=taken[1])
         if seen is not None:
             counted = 1 + (taken[0] if taken is not None else 0)
             values.update(
-                polls=RequestRow.polls + counted,
+                polls=_REQUESTS.c.polls + counted,
                 last_polled_at=values["completed_at"],
                 spark_state=seen.raw_state,
                 unknown_polls=0,
             )
+        statement = (
+            update(_REQUESTS)
+            .where(_REQUESTS.c.request_id == request_id, _REQUESTS.c.phase.in_(phases))
+            .values(**values)
+        )
         try:
-            with self._tx() as session:
-                result = session.execute(
-                    update(RequestRow)
-                    .where(RequestRow.request_id == request_id, RequestRow.phase.in_(phases))
-                    .values(**values)
-                )
+            return bool(self._group.run(lambda conn: _rowcount(conn.execute(statement))))
         except BaseException:
             self._restore_count(request_id, taken)
             raise
-        return bool(_rowcount(result))
 
     @_translate_db_errors
     def mark_published(self, request_ids: list[str]) -> None:
         """Kafka confirmed their events: the requests are done (one transaction for all)."""
         now = utcnow()
-        with self._tx() as session:
+
+        def write(conn: Connection) -> None:
             for start in range(0, len(request_ids), IN_CHUNK):
-                session.execute(
-                    update(RequestRow)
+                conn.execute(
+                    update(_REQUESTS)
                     .where(
-                        RequestRow.request_id.in_(request_ids[start : start + IN_CHUNK]),
-                        RequestRow.phase == Phase.PUBLISHING.value,
+                        _REQUESTS.c.request_id.in_(request_ids[start : start + IN_CHUNK]),
+                        _REQUESTS.c.phase == Phase.PUBLISHING.value,
                     )
                     .values(phase=Phase.DONE.value, published_at=now)
-                    .execution_options(**NO_PRE_READ)
                 )
+
+        self._group.run(write)
 
     @_translate_db_errors
     def active_ids(self) -> set[str]:
