@@ -63,13 +63,18 @@ def trace_of(record: JobRecord) -> TraceContext | None:
     return TraceContext(traceparent=record.traceparent, tracestate=record.tracestate)
 
 
+def _count_acked(record: JobRecord) -> None:
+    """The broker has the event: how long it took from the poll that saw the ending."""
+    if record.completed_at is not None:
+        now = datetime.now(UTC)
+        END_TO_EVENT_SECONDS.observe(max(0.0, (now - record.completed_at).total_seconds()))
+
+
 def _count_published(record: JobRecord) -> None:
-    """The request is done: its event counts, with how long it took to get out."""
+    """The request is done: its event counts, with how long it took from the submission."""
     EVENTS_PUBLISHED.labels(record.state.value).inc()
     now = datetime.now(UTC)
     SUBMIT_TO_EVENT_SECONDS.observe(max(0.0, (now - record.submitted_at).total_seconds()))
-    if record.completed_at is not None:
-        END_TO_EVENT_SECONDS.observe(max(0.0, (now - record.completed_at).total_seconds()))
 
 
 class Outbox:
@@ -162,6 +167,7 @@ class Outbox:
                 with self._lock:
                     sent = self._in_flight.get(request_id)
                     current = sent is not None and sent[2] == attempt
+                    acked = self._offered.get(request_id) if current else None
                     if error is None:  # whichever attempt it was, the broker has the event
                         self._unsettled.add(request_id)
                         self._waiting.pop(request_id, None)
@@ -170,6 +176,8 @@ class Outbox:
                 if error is None:
                     if current and sent is not None:
                         PUBLISH_SECONDS.observe(time.monotonic() - sent[0])
+                    if acked is not None:
+                        _count_acked(acked)
                     delivered.append(request_id)
                 elif current:
                     self._failed(request_id, error, "delivery")

@@ -300,7 +300,8 @@ class Poller:
     ) -> JobRecord:
         # Decided from ``record``: a request another process moved on meanwhile (a cancel
         # through a standby) is left as it is, and its next run decides again.
-        if self.store.complete(record.request_id, final_state, message, seen, record.phase):
+        fixed = self.store.complete(record.request_id, final_state, message, seen, record.phase)
+        if fixed is not None:
             source = self.sources.get(record.cluster)
             if source is not None and record.submission_id is not None:
                 source.forget(record.submission_id)
@@ -311,7 +312,7 @@ class Poller:
             final_state.value,
             extra={"request_id": record.request_id},
         )
-        return self._reload(record.request_id)
+        return fixed or self._reload(record.request_id)
 
     def _reload(self, request_id: str) -> JobRecord:
         record = self.store.get(request_id)

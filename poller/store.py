@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, cast
 
 from sqlalchemy import (
+    Boolean,
     Connection,
     Engine,
     Table,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -65,6 +67,33 @@ _ADD_POLLS = (
     )
     .values(polls=_REQUESTS.c.polls + bindparam("n"), last_polled_at=bindparam("at"))
 )
+_COLUMNS = _REQUESTS.c
+# An ending, fixed once: with the polls counted since the last write (and the answer that showed
+# it, when ``seen``); the stored row comes back in the same statement where the database can.
+_FIX = (
+    update(_REQUESTS)
+    .where(
+        _COLUMNS.request_id == bindparam("rid"),
+        _COLUMNS.phase.in_(bindparam("phases", expanding=True)),
+    )
+    .values(
+        phase=Phase.PUBLISHING.value,
+        state=bindparam("state"),
+        completed_at=bindparam("at"),
+        event_id=bindparam("eid"),
+        message=func.coalesce(bindparam("message", type_=_COLUMNS.message.type), _COLUMNS.message),
+        polls=_COLUMNS.polls + bindparam("polls"),
+        last_polled_at=func.coalesce(
+            bindparam("last", type_=_COLUMNS.last_polled_at.type), _COLUMNS.last_polled_at
+        ),
+        spark_state=case(
+            (bindparam("seen", type_=Boolean), bindparam("spark", type_=_COLUMNS.spark_state.type)),
+            else_=_COLUMNS.spark_state,
+        ),
+        unknown_polls=case((bindparam("seen", type_=Boolean), 0), else_=_COLUMNS.unknown_polls),
+    )
+)
+_FIX_RETURNING = _FIX.returning(*_COLUMNS)
 
 
 def utcnow() -> datetime:
@@ -364,7 +393,8 @@ class RequestStore:
     @_translate_db_errors
     def resolve_submitting(self, request_id: str, final_state: DriverState, message: str) -> bool:
         """Give an interrupted submission its outcome (SUBMITTING -> PUBLISHING)."""
-        return self._fix(request_id, (Phase.SUBMITTING.value,), final_state, message)
+        fixed = self._fix(request_id, (Phase.SUBMITTING.value,), final_state, message)
+        return fixed is not None
 
     @_translate_db_errors
     def submitting_since(self, cutoff: datetime) -> list[JobRecord]:
@@ -479,9 +509,9 @@ class RequestStore:
         message: str | None,
         seen: DriverStatus | None = None,
         phase: Phase | None = None,
-    ) -> bool:
-        """Fix the request's outcome once (-> PUBLISHING); False if it was already fixed, or
-        is no longer in ``phase`` (the phase the caller decided from).
+    ) -> JobRecord | None:
+        """Fix the request's outcome once (-> PUBLISHING) and return the record as stored; None
+        if it was already fixed, or is no longer in ``phase`` (the phase the caller decided from).
 
         ``seen`` is the status answer that showed the ending: counted as a poll, and Spark's
         word for the state kept, in the same write."""
@@ -495,36 +525,39 @@ class RequestStore:
         final_state: DriverState,
         message: str | None,
         seen: DriverStatus | None = None,
-    ) -> bool:
-        values: dict[str, object] = {
-            "phase": Phase.PUBLISHING.value,
-            "state": final_state.value,
-            "completed_at": utcnow(),
-            "event_id": event_id_for(request_id),
-        }
-        if message:
-            values["message"] = message
-        taken = self._take_count(request_id)
-        if taken is not None:  # the polls counted so far go into the event
-            values.update(polls=_REQUESTS.c.polls + taken[0], last_polled_at=taken[1])
+    ) -> JobRecord | None:
+        now = utcnow()
+        taken = self._take_count(request_id)  # the polls counted so far go into the event
+        polls, last = taken if taken is not None else (0, None)
         if seen is not None:
-            counted = 1 + (taken[0] if taken is not None else 0)
-            values.update(
-                polls=_REQUESTS.c.polls + counted,
-                last_polled_at=values["completed_at"],
-                spark_state=seen.raw_state,
-                unknown_polls=0,
-            )
-        statement = (
-            update(_REQUESTS)
-            .where(_REQUESTS.c.request_id == request_id, _REQUESTS.c.phase.in_(phases))
-            .values(**values)
-        )
+            polls, last = polls + 1, now
+        params = {
+            "rid": request_id,
+            "phases": list(phases),
+            "state": final_state.value,
+            "at": now,
+            "eid": event_id_for(request_id),
+            "message": message or None,
+            "polls": polls,
+            "last": last,
+            "seen": seen is not None,
+            "spark": None if seen is None else seen.raw_state,
+        }
+        returning = self.engine.dialect.update_returning
+
+        def write(conn: Connection) -> Any:
+            if returning:
+                return conn.execute(_FIX_RETURNING, params).first()
+            return _rowcount(conn.execute(_FIX, params))
+
         try:
-            return bool(self._group.run(lambda conn: _rowcount(conn.execute(statement))))
+            fixed = self._group.run(write)
         except BaseException:
             self._restore_count(request_id, taken)
             raise
+        if not fixed:
+            return None
+        return _record(fixed) if returning else self.get(request_id)
 
     @_translate_db_errors
     def mark_published(self, request_ids: list[str]) -> None:

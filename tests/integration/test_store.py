@@ -75,6 +75,31 @@ def test_a_driver_is_free_on_another_cluster_and_once_its_request_is_done(
     assert store.insert("later", "default", {}, submission_id=DRIVER).submission_id == DRIVER
 
 
+def test_an_ending_returns_the_record_exactly_as_stored(store: RequestStore) -> None:
+    """The poll builds the event from what the ending's write returned: it must be what every
+    later read (a re-publish) sees, to the microsecond and time zone."""
+    _tracked(store, "ours", DRIVER)
+    seen = DriverStatus(found=True, state=DriverState.RUNNING, raw_state="RUNNING")
+    store.record_poll(store.get("ours"), seen)  # type: ignore[arg-type]
+    store.record_poll(store.get("ours"), seen)  # type: ignore[arg-type]  # counted in memory
+    ended = DriverStatus(found=True, state=DriverState.FAILED, raw_state="ERROR", message="boom")
+    fixed = store.complete("ours", DriverState.FAILED, "boom", seen=ended)
+    assert fixed is not None
+    assert fixed == store.get("ours")
+    assert (fixed.phase, fixed.state, fixed.spark_state, fixed.polls) == (
+        Phase.PUBLISHING,
+        DriverState.FAILED,
+        "ERROR",
+        3,
+    )
+    assert fixed.completed_at is not None
+    assert fixed.completed_at.tzinfo is not None
+    assert fixed.last_polled_at == fixed.completed_at
+    # Fixed once: a second ending finds nothing to fix and changes nothing.
+    assert store.complete("ours", DriverState.FINISHED, "late") is None
+    assert store.get("ours") == fixed
+
+
 def test_concurrent_adoptions_of_one_driver_make_one_request(store: RequestStore) -> None:
     contenders = 8
     start = threading.Barrier(contenders)
