@@ -124,8 +124,9 @@ class Jobs:
         existing = self.store.get(request_id)  # a retried adoption is answered without Spark
         if existing is not None:
             raise self._conflict(existing)
-        # Through the poll's source: a cluster view older than this answer is never used for it.
-        status = self.poller.sources[request.cluster].status(submission_id, direct=True)
+        # As a poll asks: from a fresh cluster view (no call to the master) when it shows the
+        # driver, else its REST status; a view older than this answer is never used for it.
+        status = self.poller.sources[request.cluster].status(submission_id, request_id=request_id)
         if not status.found or status.state is None:
             raise InvalidRequest(
                 f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"

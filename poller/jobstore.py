@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 1.0
 LOAD_CHUNK = 500
-SAVE_CHUNK = 1000  # next run times per transaction: a bounded write, whatever the backlog
+SAVE_CHUNK = 250  # next run times per transaction: the writer held a few ms, whatever the backlog
 FAILURE_REPEAT_S = 60.0
 
 

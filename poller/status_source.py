@@ -9,6 +9,9 @@ the view says ERROR (only the REST answer carries Spark's message), and for driv
 cancelled (a kill is confirmed at once, not at the next refresh). A refresh that shows drivers
 ended (or gone) since the last view wakes their polls at once: an ending is seen within
 ``max_age_s`` of happening, not a poll interval later.
+
+A view nearing ``max_age_s`` is refreshed on a thread of its own while polls (and adoptions) go on
+using it: reading a large cluster's view takes tens of milliseconds that nobody should wait for.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from poller.schemas import DriverState, DriverStatus
 from poller.spark import SparkClient
 
 logger = logging.getLogger(__name__)
+
+# Past this share of max_age_s a view is still used, and a refresh starts in the background.
+REFRESH_AHEAD = 0.75
 
 
 def view_state(raw: str) -> DriverState:
@@ -103,28 +109,52 @@ class StatusSource:
 
     def _view_for(self, submission_id: str) -> ClusterView | None:
         with self._lock:
-            view = self._usable(submission_id, time.monotonic())
-            if view is not None or time.monotonic() < self._retry_at:
+            now = time.monotonic()
+            view = self._usable(submission_id, now)
+            ageing = view is not None and now - view.taken_at > REFRESH_AHEAD * self.max_age_s
+            if view is not None or now < self._retry_at:
+                if ageing and self._refresh.acquire(blocking=False):
+                    threading.Thread(
+                        target=self._refresh_held, name=f"view-{self.name}", daemon=True
+                    ).start()
                 return view
         with self._refresh:
             with self._lock:  # another thread may have refreshed it meanwhile
                 view = self._usable(submission_id, time.monotonic())
                 if view is not None or time.monotonic() < self._retry_at:
                     return view
-            assert self.view is not None
-            try:
-                fresh = self.view.fetch()
-            except SparkUnavailable as exc:
-                self._failed(exc.message)
-                return None
-            ended = self._took(fresh)
-        if ended and self.wake is not None:  # not under _refresh: other polls need not wait
+            ended = self._fetch()
+        self._wake(ended)  # not under _refresh: other polls need not wait
+        with self._lock:
+            return self._usable(submission_id, time.monotonic())
+
+    def _refresh_held(self) -> None:
+        """A refresh ahead of need, on its own thread; the caller took ``_refresh`` for it."""
+        try:
+            ended = self._fetch()
+        except Exception:  # the next poll refreshes in its own time
+            logger.exception("Spark cluster %s: refreshing the cluster view failed", self.name)
+            return
+        finally:
+            self._refresh.release()
+        self._wake(ended)
+
+    def _fetch(self) -> list[str]:
+        """Take a new view (caller holds ``_refresh``); returns the requests to wake."""
+        assert self.view is not None
+        try:
+            fresh = self.view.fetch()
+        except SparkUnavailable as exc:
+            self._failed(exc.message)
+            return []
+        return self._took(fresh)
+
+    def _wake(self, ended: list[str]) -> None:
+        if ended and self.wake is not None:
             try:
                 self.wake(ended)
             except Exception as exc:  # they are polled at their next turn anyway
                 logger.debug("could not wake %d poll(s): %s", len(ended), exc)
-        with self._lock:
-            return self._usable(submission_id, time.monotonic())
 
     def _took(self, view: ClusterView) -> list[str]:
         """Use ``view`` from now on; returns the requests whose drivers it shows ended."""

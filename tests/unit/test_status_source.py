@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, cast
 
@@ -145,6 +146,38 @@ def test_an_old_view_is_refreshed() -> None:
     time.sleep(0.15)
     statuses.status("e")
     assert view.fetches == 2
+
+
+def test_an_ageing_view_is_refreshed_behind_the_polls_using_it() -> None:
+    """Near max_age the view still answers at once while one refresh runs on its own thread."""
+    view = FakeView({"d": "RUNNING", **{f"e{n}": "RUNNING" for n in range(5)}})
+    release = threading.Event()
+    fetch = view.fetch
+    asked = [0]
+
+    def slow_fetch() -> ClusterView:
+        asked[0] += 1
+        if asked[0] > 1:
+            release.wait(10)
+        return fetch()
+
+    view.fetch = slow_fetch  # type: ignore[method-assign]
+    statuses, client = source(view, max_age_s=1.0)
+    statuses.status("d", request_id="r")
+    first = statuses._current
+    time.sleep(0.8)  # past REFRESH_AHEAD of max_age, within it
+    for n in range(5):  # answered from the current view while the refresh waits on the master
+        assert statuses.status(f"e{n}").state == DriverState.RUNNING
+    assert asked[0] == 2  # one refresh in flight, not one per poll
+    assert statuses._current is first
+    view.states["d"] = "FINISHED"
+    release.set()
+    deadline = time.monotonic() + 5
+    while statuses._current is first and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert statuses._current is not first
+    assert statuses.status("d").state == DriverState.FINISHED
+    assert client.asked == []
 
 
 def test_ui_urls_default_to_each_rest_host_on_the_default_ui_port() -> None:
