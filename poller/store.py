@@ -120,7 +120,8 @@ def _translate_db_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def _record(row: Any) -> JobRecord:
     """A record from an ORM row or a Core row of the requests table."""
     published = row.published_at is not None
-    return JobRecord(
+    # Our own columns, typed by their column types: built without validating them again.
+    return JobRecord.model_construct(
         request_id=row.request_id,
         cluster=row.cluster,
         submission_id=row.submission_id,
@@ -183,8 +184,7 @@ class RequestStore:
         self._counts: dict[str, tuple[int, datetime]] = {}
 
     def _with_counts(self, record: JobRecord) -> JobRecord:
-        with self._counts_lock:
-            pending = self._counts.get(record.request_id)
+        pending = self._counts.get(record.request_id)  # one read of a dict: needs no lock
         if pending is None:
             return record
         return record.model_copy(
