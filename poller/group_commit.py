@@ -72,23 +72,37 @@ class GroupCommit:
 
     def _commit(self, batch: list[_Write[object]]) -> None:
         try:
-            try:
-                with self.engine.begin() as conn:
-                    results = [write.write(conn) for write in batch]
-            except Exception as exc:
-                if len(batch) == 1 or database_unavailable(exc):
-                    for write in batch:
-                        write.error = exc
-                        write.finished = True
-                    return
-                for write in batch:  # one write's fault: each alone, so only it fails
-                    self._commit([write])
-                return
-            for write, result in zip(batch, results, strict=True):
-                write.result = result
-                write.finished = True
+            pending = batch
+            while pending:
+                pending = self._commit_once(pending)
         finally:  # interrupted (a signal mid-commit): the writes' callers must not wait forever
             for write in batch:
                 if not write.finished:
                     write.error = RuntimeError("the transaction was interrupted")
                     write.finished = True
+
+    def _commit_once(self, batch: list[_Write[object]]) -> list[_Write[object]]:
+        """Commit ``batch`` in one transaction; returns the writes still to commit when one
+        write's fault (a conflict) failed it: that write is then settled alone."""
+        results: list[object] = []
+        try:
+            with self.engine.begin() as conn:
+                for write in batch:
+                    results.append(write.write(conn))
+        except Exception as exc:
+            if len(batch) == 1 or database_unavailable(exc):
+                for write in batch:
+                    write.error = exc
+                    write.finished = True
+                return []
+            if len(results) == len(batch):  # failed at commit: whose fault is unknown
+                for write in batch:
+                    self._commit_once([write])
+                return []
+            failed = len(results)
+            self._commit_once([batch[failed]])
+            return batch[:failed] + batch[failed + 1 :]
+        for write, result in zip(batch, results, strict=True):
+            write.result = result
+            write.finished = True
+        return []

@@ -126,7 +126,7 @@ class Jobs:
             raise self._conflict(existing)
         # As a poll asks: from a fresh cluster view (no call to the master) when it shows the
         # driver, else its REST status; a view older than this answer is never used for it.
-        status = self.poller.sources[request.cluster].status(submission_id, request_id=request_id)
+        status = self.poller.sources[request.cluster].status(submission_id)
         if not status.found or status.state is None:
             raise InvalidRequest(
                 f"cluster {request.cluster!r} has no driver {submission_id!r} to adopt"

@@ -311,10 +311,11 @@ class Service:
             self.scheduler.lead()
             self.reconcile(load_jobs=True)
             overdue = self.scheduler.spread_overdue(self.settings.poll_interval_seconds)
-            # What was just loaded lives as long as the lease: kept out of the cyclic collector's
-            # full passes, which stall every thread (100 ms at 10,000 jobs) while they run.
-            gc.collect()
-            gc.freeze()
+            if not gc.get_freeze_count():  # once: frozen objects are never collected
+                # What was loaded on first taking the lease lives long: kept out of the cyclic
+                # collector's full passes, which stall every thread (100 ms at 10,000 jobs).
+                gc.collect()
+                gc.freeze()
         except Exception as exc:
             logger.warning("could not take over scheduling yet: %s; retrying", exc)
             self.scheduler.pause()

@@ -61,6 +61,7 @@ class StatusSource:
         self._lock = threading.Lock()  # guards _current, _answered, _retry_at, _problem
         self._refresh = threading.Lock()  # one refresh at a time; the others wait for it
         self._current: ClusterView | None = None
+        self._ahead_of: ClusterView | None = None  # the view a refresh ahead was started for
         # When each driver's last answer was had (monotonic): a view must be newer to be used.
         self._answered: dict[str, float] = {}
         self._retry_at = 0.0
@@ -76,7 +77,7 @@ class StatusSource:
         """The driver's state now. Raises what :meth:`SparkClient.status` raises.
 
         ``request_id`` names the request whose poll asks: its poll is woken when a later view
-        shows the driver ended."""
+        shows the driver ended. None when no poll asks (an adoption)."""
         if self.view is not None and not direct:
             view = self._view_for(submission_id)
             raw = None if view is None else view.states.get(submission_id)
@@ -84,10 +85,11 @@ class StatusSource:
                 state = view_state(raw)
                 with self._lock:
                     self._answered[submission_id] = view.taken_at
-                    if request_id is not None and not state.terminal:
-                        self._running[submission_id] = request_id
-                    else:
-                        self._running.pop(submission_id, None)
+                    if request_id is not None:  # a poll's (an adoption leaves it to its poll)
+                        if state.terminal:
+                            self._running.pop(submission_id, None)
+                        else:
+                            self._running[submission_id] = request_id
                 STATUS_ANSWERS.labels(self.name, "view").inc()
                 return DriverStatus(found=True, state=state, raw_state=raw)
         status = self.client.status(submission_id)
@@ -95,7 +97,8 @@ class StatusSource:
         if self.view is not None:
             with self._lock:
                 self._answered[submission_id] = answered
-                self._running.pop(submission_id, None)
+                if request_id is not None:
+                    self._running.pop(submission_id, None)
         STATUS_ANSWERS.labels(self.name, "rest").inc()
         return status
 
@@ -113,10 +116,15 @@ class StatusSource:
             view = self._usable(submission_id, now)
             ageing = view is not None and now - view.taken_at > REFRESH_AHEAD * self.max_age_s
             if view is not None or now < self._retry_at:
-                if ageing and self._refresh.acquire(blocking=False):
-                    threading.Thread(
-                        target=self._refresh_held, name=f"view-{self.name}", daemon=True
-                    ).start()
+                if ageing and self._ahead_of is not view and self._refresh.acquire(blocking=False):
+                    self._ahead_of = view  # one refresh ahead per view, even if it fails
+                    try:
+                        threading.Thread(
+                            target=self._refresh_held, name=f"view-{self.name}", daemon=True
+                        ).start()
+                    except BaseException:  # no thread to release it: nobody may wait on it
+                        self._refresh.release()
+                        raise
                 return view
         with self._refresh:
             with self._lock:  # another thread may have refreshed it meanwhile
@@ -129,9 +137,12 @@ class StatusSource:
             return self._usable(submission_id, time.monotonic())
 
     def _refresh_held(self) -> None:
-        """A refresh ahead of need, on its own thread; the caller took ``_refresh`` for it."""
+        """A refresh ahead of need, on its own thread; the caller took ``_refresh`` for it.
+
+        If it fails, the current view serves until it is too old: the refresh then made by a
+        poll decides whether polls fall back to REST."""
         try:
-            ended = self._fetch()
+            ended = self._fetch(ahead=True)
         except Exception:  # the next poll refreshes in its own time
             logger.exception("Spark cluster %s: refreshing the cluster view failed", self.name)
             return
@@ -139,13 +150,16 @@ class StatusSource:
             self._refresh.release()
         self._wake(ended)
 
-    def _fetch(self) -> list[str]:
+    def _fetch(self, ahead: bool = False) -> list[str]:
         """Take a new view (caller holds ``_refresh``); returns the requests to wake."""
         assert self.view is not None
         try:
             fresh = self.view.fetch()
         except SparkUnavailable as exc:
-            self._failed(exc.message)
+            if ahead:
+                logger.debug("Spark cluster %s: no view ahead of need: %s", self.name, exc.message)
+            else:
+                self._failed(exc.message)
             return []
         return self._took(fresh)
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -61,9 +62,13 @@ _GET = select(_REQUESTS).where(_REQUESTS.c.request_id == bindparam("rid"))
 _ADD_POLLS = (
     update(_REQUESTS)
     # A request whose ending is fixed took its counts into that write: its event never changes.
+    # (No IN list: its expanding parameter cannot be executed for many rows at once.)
     .where(
         _REQUESTS.c.request_id == bindparam("rid"),
-        _REQUESTS.c.phase.in_([Phase.POLLING.value, Phase.CANCELLING.value]),
+        or_(
+            _REQUESTS.c.phase == Phase.POLLING.value,
+            _REQUESTS.c.phase == Phase.CANCELLING.value,
+        ),
     )
     .values(polls=_REQUESTS.c.polls + bindparam("n"), last_polled_at=bindparam("at"))
 )
@@ -213,8 +218,9 @@ class RequestStore:
             return 0
         rows = [{"rid": rid, "n": n, "at": at} for rid, (n, at) in batch.items()]
         try:
-            with self.engine.begin() as conn:
-                conn.execute(_ADD_POLLS, rows)
+            # With the other writes to requests: on PostgreSQL two transactions of this process
+            # that lock rows in different orders would deadlock.
+            self._group.run(lambda conn: conn.execute(_ADD_POLLS, rows))
         except BaseException:
             for rid, taken in batch.items():
                 self._restore_count(rid, taken)

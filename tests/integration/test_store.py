@@ -100,6 +100,26 @@ def test_an_ending_returns_the_record_exactly_as_stored(store: RequestStore) -> 
     assert store.get("ours") == fixed
 
 
+def test_polls_counted_in_memory_are_written_for_every_request(store: RequestStore) -> None:
+    """Polls that changed nothing are counted in memory and written together: for all of them,
+    and never into a request whose ending (and event) is already fixed."""
+    running = DriverStatus(found=True, state=DriverState.RUNNING, raw_state="RUNNING")
+    for n in range(3):
+        _tracked(store, f"r{n}", f"driver-20261125101500-{n:04d}")
+        store.record_poll(store.get(f"r{n}"), running)  # type: ignore[arg-type]  # spark_state
+    for _ in range(2):
+        for n in range(3):
+            store.record_poll(store.get(f"r{n}"), running)  # type: ignore[arg-type]
+    fixed = store.complete("r2", DriverState.FINISHED, None)
+    assert fixed is not None
+    store.record_poll(store.get("r0"), running)  # type: ignore[arg-type]
+    assert store.flush_poll_counts() == 2
+    fresh = RequestStore(store.engine)  # what another process (or a restart) reads
+    assert [fresh.get(f"r{n}").polls for n in range(3)] == [4, 3, 3]  # type: ignore[union-attr]
+    assert fresh.get("r2") == fixed
+    assert store.flush_poll_counts() == 0
+
+
 def test_concurrent_adoptions_of_one_driver_make_one_request(store: RequestStore) -> None:
     contenders = 8
     start = threading.Barrier(contenders)

@@ -211,3 +211,60 @@ def test_a_refresh_wakes_the_polls_of_drivers_it_shows_ended() -> None:
     statuses.status("d1", request_id="r1")  # the woken poll: FINISHED, from the view
     statuses.status("d2", request_id="r2")
     assert woken == [["r1", "r3"], ["r2"]]
+
+
+def test_a_failed_refresh_ahead_keeps_the_view_until_it_is_too_old() -> None:
+    view = FakeView({f"d{n}": "RUNNING" for n in range(4)})
+    statuses, client = source(view, max_age_s=0.5)
+    statuses.status("d0")
+    view.fail = "the master's web UI is unreachable: ConnectionError"
+    time.sleep(0.4)  # ageing: a refresh ahead starts, and fails
+    assert statuses.status("d1").state == DriverState.RUNNING
+    deadline = time.monotonic() + 5
+    while (view.fetches < 2 or statuses._refresh.locked()) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the refresh ahead has failed and let go
+    assert statuses.status("d2").state == DriverState.RUNNING  # still the view
+    assert view.fetches == 2  # one try ahead per view, not one per poll
+    assert client.asked == []
+    time.sleep(0.15)  # too old now: the poll's own refresh fails, and REST answers
+    statuses.status("d3")
+    assert client.asked == ["d3"]
+
+
+def test_a_refresh_ahead_that_cannot_start_leaves_nobody_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    view = FakeView({f"d{n}": "RUNNING" for n in range(3)})
+    statuses, _ = source(view, max_age_s=0.3)
+    statuses.status("d0")
+    time.sleep(0.25)
+
+    def refuse(_self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError):
+            statuses.status("d1")
+    time.sleep(0.1)  # too old: a poll refreshes it itself, and must get the lock
+    done = threading.Event()
+
+    def poll() -> None:
+        statuses.status("d2")
+        done.set()
+
+    threading.Thread(target=poll, daemon=True).start()
+    assert done.wait(5)
+
+
+def test_an_adoption_leaves_the_wake_of_the_poll_tracking_its_driver() -> None:
+    view = FakeView({"d": "RUNNING"})
+    woken: list[list[str]] = []
+    statuses = StatusSource(
+        cast(SparkClient, FakeClient()), cast(MasterView, view), 60.0, wake=woken.append
+    )
+    statuses.status("d", request_id="r1")  # the poll of the request tracking it
+    statuses.status("d")  # someone tries to adopt it (refused later as taken): a newer view
+    view.states["d"] = "FINISHED"
+    statuses.status("d")  # again: the view that shows it ended wakes the tracking poll
+    assert woken == [["r1"]]
