@@ -324,6 +324,12 @@ class Settings(BaseSettings):
     shutdown_timeout_s: PositiveSeconds = Field(
         15.0, description="how long a stop waits for running polls"
     )
+    # Checked every 2 s by its holder: at least three checks fit in it.
+    lease_ttl_s: Annotated[float, Field(ge=6)] = Field(
+        10.0,
+        description="PostgreSQL: a leader that stops checking its lease (frozen, SIGSTOPped) "
+        "loses it after this long, and a standby takes over",
+    )
 
     # When to give up on a driver.
     lost_after_unknown_polls: Annotated[int, Field(ge=1)] = Field(

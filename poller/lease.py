@@ -5,7 +5,9 @@ other's in-flight work. So a process schedules only while it holds the store's l
 dies with its holder, however it dies:
 
 - PostgreSQL: a session advisory lock held by a dedicated connection; the server drops it when that
-  connection or the process goes.
+  connection or the process goes, and when the holder stops checking it for ``ttl_s`` (the
+  session's ``idle_session_timeout``, PostgreSQL 14 and later): a frozen or SIGSTOPped holder
+  whose sockets stay open loses it too, and a standby takes over.
 - SQLite: an exclusive ``flock`` on a file beside the database file; the kernel drops it when the
   process goes.
 
@@ -113,11 +115,13 @@ class LocalLease:
 class AdvisoryLease:
     """A PostgreSQL session advisory lock on a connection of its own (never returned to a pool)."""
 
-    def __init__(self, engine: Engine, shard: int = 0) -> None:
+    def __init__(self, engine: Engine, shard: int = 0, ttl_s: float | None = None) -> None:
         self.engine = engine
         self.key = (ADVISORY_NAMESPACE, shard)
+        self.ttl_s = ttl_s
         self.description = f"PostgreSQL advisory lock ({self.key[0]}, {self.key[1]})"
         self._conn: Connection | None = None
+        self._warned_no_ttl = False
 
     def try_acquire(self) -> bool:
         if self._conn is not None:
@@ -127,6 +131,7 @@ class AdvisoryLease:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         try:
+            self._limit_idle(conn)
             got = conn.scalar(
                 text("SELECT pg_try_advisory_lock(:a, :b)"), {"a": self.key[0], "b": self.key[1]}
             )
@@ -140,6 +145,25 @@ class AdvisoryLease:
             return False
         self._conn = conn
         return True
+
+    def _limit_idle(self, conn: Connection) -> None:
+        """The server ends this session (and so the lease) when it sits idle for ``ttl_s``."""
+        if self.ttl_s is None:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    text("SELECT set_config('idle_session_timeout', :ms, false)"),
+                    {"ms": f"{int(self.ttl_s * 1000)}ms"},
+                )
+        except SQLAlchemyError as exc:  # PostgreSQL before 14: no such setting
+            if not self._warned_no_ttl:
+                self._warned_no_ttl = True
+                logger.warning(
+                    "the scheduler lease has no time limit on this PostgreSQL (%s): a frozen "
+                    "leader keeps it until its connection closes",
+                    type(exc).__name__,
+                )
 
     def holding(self) -> bool:
         conn = self._conn
@@ -188,12 +212,13 @@ class AdvisoryLease:
         self._drop()
 
 
-def lease_for(url: str, engine: Engine) -> Lease:
-    """The lease that guards the store at ``url`` (PostgreSQL: held through ``engine``)."""
+def lease_for(url: str, engine: Engine, ttl_s: float | None = None) -> Lease:
+    """The lease that guards the store at ``url`` (PostgreSQL: held through ``engine``, lost
+    after ``ttl_s`` without a check)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if not database or database == ":memory:" or database.startswith("file::memory:"):
             return LocalLease()
         return FileLease(Path(f"{os.path.abspath(database)}.lease"))
-    return AdvisoryLease(engine)
+    return AdvisoryLease(engine, ttl_s=ttl_s)

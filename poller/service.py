@@ -110,7 +110,9 @@ class Service:
         self.jobs = Jobs(
             settings, self.store, self.clusters, self.scheduler, self.poller, self.outbox
         )
-        self.lease = lease_for(settings.database_url.get_secret_value(), self.engine)
+        self.lease = lease_for(
+            settings.database_url.get_secret_value(), self.engine, settings.lease_ttl_s
+        )
         self.health = HealthMonitor(
             {"database": self._check_database, "kafka": self.publisher.problem},
             period_s=HEALTH_CHECK_PERIOD_S,

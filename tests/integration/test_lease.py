@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,8 +16,9 @@ from typing import Any
 import pytest
 import requests
 
-from poller.devstack import wait_for
+from poller.devstack import Postgres, wait_for
 from tests.conftest import JobBody, SlowSpark
+from tests.databases import new_pg_database
 from tests.support import DelayingProxy, EventReader, ServiceProcess
 
 
@@ -93,3 +96,40 @@ def test_second_process_on_one_store_waits_then_takes_over(
     print(f"lease: the standby led {time.monotonic() - died_at:.1f}s after the leader's kill -9")
     [event] = events.wait_for_keys({"via-standby"})["via-standby"]
     assert event.value["state"] == "FINISHED", event.value
+
+
+def test_a_frozen_leader_loses_the_lease_to_a_standby(
+    service_env: dict[str, str],
+    postgres: Postgres,
+    processes: list[ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP keeps a leader's sockets open, so its advisory lock would outlive it: the lease
+    ends after POLLER_LEASE_TTL_S without a check, a standby leads, and the leader, woken,
+    finds it lost and stands by."""
+    env = {
+        **service_env,
+        "POLLER_DATABASE_URL": new_pg_database(postgres),
+        "POLLER_LEASE_TTL_S": "6",
+    }
+    first = ServiceProcess(env, tmp_path / "a.log")
+    processes.append(first.start())
+    wait_for(lambda: first.get("/readyz").json()["role"] == "leader", 30, "the first to lead")
+    second = ServiceProcess(env, tmp_path / "b.log")
+    processes.append(second.start())
+    assert second.get("/readyz").json()["role"] == "standby"
+
+    assert first.proc is not None
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        wait_for(lambda: second.get("/readyz").json()["role"] == "leader", 30, "a new leader")
+        took = time.monotonic() - stopped_at
+    finally:
+        os.kill(first.proc.pid, signal.SIGCONT)
+    print(f"lease: the standby led {took:.1f}s after the leader froze")
+    assert took >= 5  # not before the lease's time was up
+    wait_for(
+        lambda: first.get("/readyz").json()["role"] == "standby", 30, "the old leader to yield"
+    )
+    assert "scheduler lease lost" in first.logs()
