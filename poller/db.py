@@ -25,6 +25,8 @@ from typing import Any, Self
 import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ MIN_CONNECT_TIMEOUT_S = 2
 SQLITE_SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 # The caller sizes the pool for every thread that may use it at once; a few spare for the rest.
 POOL_OVERFLOW = 5
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database is down, locked out or out of connections (not one statement's fault)."""
+    if isinstance(exc, PoolTimeout | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def create_db_engine(

@@ -17,19 +17,12 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from poller.db import database_unavailable
 
 T = TypeVar("T")
 
 MAX_BATCH = 256
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """The database is down, locked out or out of connections (not one statement's fault)."""
-    if isinstance(exc, PoolTimeout | OperationalError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class _Write(Generic[T]):

@@ -29,8 +29,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from poller import migrate
+from poller.db import database_unavailable
 from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
-from poller.group_commit import GroupCommit, database_unavailable
+from poller.group_commit import GroupCommit
 from poller.models import RequestRow
 from poller.schemas import (
     DriverState,
