@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poller.errors import (
     InvalidRequest,
+    LeaseLost,
     PollerError,
     PublishFailed,
     RequestConflict,
@@ -70,6 +71,7 @@ ERROR_STATUS: list[tuple[type[PollerError], int]] = [
     (SubmissionUnknown, 504),
     (StoreUnavailable, 503),
     (PublishFailed, 503),
+    (LeaseLost, 503),
 ]
 
 
@@ -332,12 +334,17 @@ async def readyz(request: Request) -> JSONResponse:
     """200 when the database, the Kafka broker and the scheduler all work; 503 says which not.
 
     ``role`` is ``leader`` in the process that holds the scheduler lease and polls, ``standby`` in
-    one that serves the API and waits for the lease."""
+    one that serves the API and waits for the lease; ``replica`` names this process."""
     svc = get_service(request)
     checks = svc.readiness()
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "role": svc.role, "checks": checks},
+        {
+            "status": "ready" if ready else "not ready",
+            "role": svc.role,
+            "replica": svc.replica,
+            "checks": checks,
+        },
         status_code=200 if ready else 503,
     )
 

@@ -331,6 +331,15 @@ class Settings(BaseSettings):
         "loses it after this long, and a standby takes over",
     )
 
+    replica_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="this process's name in the lease table, in `/readyz` and in the "
+        "`poller-replica` header of the events it publishes; unset: host name and PID (on "
+        "Kubernetes, the pod name)",
+    )
+
     # When to give up on a driver.
     lost_after_unknown_polls: Annotated[int, Field(ge=1)] = Field(
         10, description="consecutive 'unknown driver' answers before LOST"

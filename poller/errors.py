@@ -12,6 +12,7 @@ PollerError
 +-- StoreUnavailable      the database is unreachable (transient)
 |   +-- SchemaMismatch    its schema is not this version's (behind or ahead): not transient
 +-- PublishFailed         Kafka did not confirm the event (transient)
++-- LeaseLost             another process leads now: its decision, not ours
 """
 
 from __future__ import annotations
@@ -93,3 +94,8 @@ class SchemaMismatch(StoreUnavailable):
 
 class PublishFailed(PollerError):
     pass
+
+
+class LeaseLost(PollerError):
+    """This process no longer holds the scheduler lease: whatever it was about to decide for
+    the leader is left to the one that holds it now."""

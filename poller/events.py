@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 EVENT_TYPE = "io.spark-poller.job.completed.v1"
 POLL_STEP_S = 0.1
+# Which process sent an event (POLLER_REPLICA_ID): beside the CloudEvents headers, not one of them.
+REPLICA_HEADER = "poller-replica"
 ERROR_REPEAT_S = 60.0
 
 DeliveryCallback = Callable[[str | None], None]
@@ -79,10 +81,16 @@ class EventPublisher:
     """One idempotent producer (acks=all); ``send`` reports each event's delivery by callback."""
 
     def __init__(
-        self, config: dict[str, Any], topic: str, source: str, delivery_timeout_s: float
+        self,
+        config: dict[str, Any],
+        topic: str,
+        source: str,
+        delivery_timeout_s: float,
+        replica: str | None = None,
     ) -> None:
         self.topic = topic
         self.source = source
+        self._replica_header = [] if replica is None else [(REPLICA_HEADER, replica.encode())]
         self.delivery_timeout_s = delivery_timeout_s
         # librdkafka's own log lines go through Python logging, not straight to stderr.
         self._config: dict[str, Any] = {
@@ -152,7 +160,7 @@ class EventPublisher:
                 self.topic,
                 key=message.key,
                 value=message.value,
-                headers=list(message.headers.items()),
+                headers=[*message.headers.items(), *self._replica_header],
                 on_delivery=on_delivery,
             )
         except (KafkaException, BufferError) as exc:
@@ -164,6 +172,13 @@ class EventPublisher:
         is wedged; replaced unless it already was."""
         if isinstance(producer, Producer):
             self._replace_producer(producer)
+
+    def drop_queued(self) -> None:
+        """Take back every event not yet handed to the broker (their senders hear a failure):
+        this process lost the right to publish them, and the one that has it will."""
+        with self._lock:
+            producer = self._producer
+        producer.purge(in_queue=True, in_flight=False)
 
     def problem(self, timeout_s: float = 2.0) -> str | None:
         """Why the broker cannot take our events right now, or None when it can."""

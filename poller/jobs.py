@@ -17,6 +17,7 @@ from poller.config import Settings
 from poller.errors import (
     DriverTaken,
     InvalidRequest,
+    PollerError,
     RequestConflict,
     RequestNotFound,
     SparkError,
@@ -378,6 +379,8 @@ class Jobs:
                 )
             else:
                 record = self._kill_and_confirm(record)
+        if record.phase == Phase.CANCELLING:
+            self._tell_leader(request_id)
         if record.phase == Phase.PUBLISHING:
             self.outbox.wait_published(request_id, CANCEL_PUBLISH_WAIT_S)
             record = self.store.get(request_id) or record  # done, if Kafka took it meanwhile
@@ -389,6 +392,19 @@ class Jobs:
             extra={"request_id": request_id},
         )
         return self._with_next_poll([record])[0]
+
+    def _tell_leader(self, request_id: str) -> None:
+        """A kill Spark has not confirmed yet: the leader polls it now rather than at its next
+        turn (from a standby; the leader's own next poll is soon enough when we lead)."""
+        try:
+            self.scheduler.changed(request_id)
+        except PollerError as exc:
+            logger.warning(
+                "could not wake the leader for %s (its next poll confirms the kill): %s",
+                request_id,
+                exc.message,
+                extra={"request_id": request_id},
+            )
 
     def _kill_and_confirm(self, record: JobRecord) -> JobRecord:
         assert record.submission_id is not None

@@ -10,10 +10,13 @@ the only one that schedules, so once it leads it can keep every job in memory:
   start-up spreads overdue polls over one interval);
 - an unchanged job is never pickled again.
 
-Other processes (standbys serving the API) still add and remove rows: a background pass notices
-rows it does not hold and loads them, and a removed row's job goes away at its next run (the poll
-finds its request done and removes it). Until :meth:`own` is called, and after :meth:`disown`, the
-store is the stock table-backed one.
+Other processes (standbys serving the API) still add and remove rows. On PostgreSQL they say so
+on a NOTIFY channel in the same transaction, and the owner loads (or wakes) that job at once; a
+background pass also notices rows it does not hold and loads them (every second on SQLite, every
+``RESCAN_S`` as a safety net on PostgreSQL). A removed row's job goes away at its next run (the
+poll finds its request done and removes it).
+
+Until :meth:`own` is called, and after :meth:`disown`, the store is the stock table-backed one.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
-from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 
 logger = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 1.0
+RESCAN_S = 15.0  # full look for rows added elsewhere, where NOTIFY says so at once
+CHANNEL = "spark_poller_jobs"  # NOTIFY payloads: "added:<job id>" or "changed:<job id>"
 LOAD_CHUNK = 500
 SAVE_CHUNK = 250  # next run times per transaction: the writer held a few ms, whatever the backlog
 FAILURE_REPEAT_S = 60.0
@@ -49,6 +54,8 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
     ) -> None:
         super().__init__(engine=engine, tablename=tablename)
         self.sync_interval_s = sync_interval_s
+        self.notifies = engine.dialect.name == "postgresql"
+        self.rescan_s = RESCAN_S if self.notifies else sync_interval_s
         # Guards everything below; held across a write-through so memory and rows agree.
         self._lock = threading.RLock()
         self._owned = False
@@ -232,6 +239,40 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         table = self.jobs_t
         conn.execute(table.delete().where(table.c.id == row["id"]))
         conn.execute(table.insert(), row)
+        if not self._owned:
+            self._notify(conn, "added", row["id"])
+
+    def _notify(self, conn: Connection, what: str, job_id: str) -> None:
+        """Tell the owner (on commit of ``conn``'s transaction, if it commits)."""
+        if self.notifies:
+            conn.execute(select(func.pg_notify(CHANNEL, f"{what}:{job_id}")))
+
+    def changed(self, job_id: str) -> None:
+        """A job's request changed in this process (a cancel through a standby): the owner
+        runs it at once rather than at its next turn. Nothing to say when we own it."""
+        if self._owned or not self.notifies:
+            return
+        with self.engine.begin() as conn:
+            self._notify(conn, "changed", job_id)
+
+    def notified(self, payloads: list[str]) -> list[str]:
+        """Load the jobs other processes said they added; returns the ids of those they said
+        changed that we hold (for the caller to wake)."""
+        added: set[str] = set()
+        changed: list[str] = []
+        for payload in payloads:
+            what, _, job_id = payload.partition(":")
+            if what == "added":
+                added.add(job_id)
+            elif what == "changed":
+                changed.append(job_id)
+        with self._lock:
+            if not self._owned:
+                return []
+            new = added - self._jobs.keys()
+            if new:
+                self._load(new)
+            return [job_id for job_id in changed if job_id in self._jobs]
 
     def hold(self, job: Job) -> None:
         """Schedule a job whose row a committed transaction wrote (while owned)."""
@@ -337,13 +378,17 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         return loaded
 
     def _sync_loop(self, stop: threading.Event, generation: int) -> None:
-        """Save next run times and pick up others' additions, once a ``sync_interval_s``; each
-        on its own, so that one failing never holds up the other."""
+        """Save next run times once a ``sync_interval_s``, and pick up others' additions once a
+        ``rescan_s``; each on its own, so that one failing never holds up the other."""
+        next_rescan = time.monotonic() + self.rescan_s
         while not stop.wait(self.sync_interval_s):
             try:
                 self.save_times(generation)
             except Exception as exc:
                 self._failed("saving next run times", exc)
+            if time.monotonic() < next_rescan:
+                continue
+            next_rescan = time.monotonic() + self.rescan_s
             try:
                 if self.sync() and self._scheduler is not None:
                     self._scheduler.wakeup()

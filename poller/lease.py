@@ -21,10 +21,15 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
+import threading
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import psycopg
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,12 +40,21 @@ logger = logging.getLogger(__name__)
 
 # First half of every advisory lock key we take: the other half is the shard.
 ADVISORY_NAMESPACE = zlib.crc32(b"spark-poller scheduler lease") - 2**31
+CHECK_S = 2.0  # how often the holder confirms its advisory lock
+KEEPER_STEP_S = 0.5  # how long the keeper waits on the socket between looks at its stop
+KEEPER_JOIN_S = 6.0  # longer than one check can take (every round trip is bounded)
+# A confirmation is trusted for the idle limit less this (the check's own round trip).
+VALIDITY_MARGIN_S = 1.5
 
 
 class Lease(Protocol):
     """Who may schedule one store."""
 
     description: str
+    # Called on the lease's own thread: the lease went (PostgreSQL: the session ended); and
+    # what other processes NOTIFYed on the lease's channel while held.
+    on_lost: Callable[[], None] | None
+    on_notify: Callable[[list[str]], None] | None
 
     def try_acquire(self) -> bool:
         """Take the lease if nobody holds it; True if this process holds it now, False if
@@ -48,7 +62,12 @@ class Lease(Protocol):
 
     def holding(self) -> bool:
         """Whether this process still holds it (False once lost, or when the check does not
-        come back in time: stop scheduling at once). Bounded like every database call."""
+        come back in time: stop scheduling at once). Never waits on the database."""
+
+    def valid(self) -> bool:
+        """Held, and confirmed recently enough that no other process can have taken it yet:
+        asked before every decision only the leader may make (a frozen process that wakes
+        up finds it False before it acts)."""
 
     def release(self) -> None:
         """Give it up (also fine when not held)."""
@@ -60,6 +79,8 @@ class FileLease:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"file lock {path}"
+        self.on_lost: Callable[[], None] | None = None  # never lost while the process lives
+        self.on_notify: Callable[[list[str]], None] | None = None  # nobody to notify on SQLite
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
@@ -87,6 +108,9 @@ class FileLease:
     def holding(self) -> bool:
         return self._fd is not None
 
+    def valid(self) -> bool:
+        return self._fd is not None  # the kernel drops it only with the process
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the last descriptor drops the lock
@@ -100,6 +124,8 @@ class LocalLease:
 
     def __init__(self) -> None:
         self._held = False
+        self.on_lost: Callable[[], None] | None = None
+        self.on_notify: Callable[[list[str]], None] | None = None
 
     def try_acquire(self) -> bool:
         self._held = True
@@ -108,19 +134,44 @@ class LocalLease:
     def holding(self) -> bool:
         return self._held
 
+    def valid(self) -> bool:
+        return self._held
+
     def release(self) -> None:
         self._held = False
 
 
 class AdvisoryLease:
-    """A PostgreSQL session advisory lock on a connection of its own (never returned to a pool)."""
+    """A PostgreSQL session advisory lock on a connection of its own (never returned to a pool).
 
-    def __init__(self, engine: Engine, shard: int = 0, ttl_s: float | None = None) -> None:
+    While it is held, a keeper thread owns that connection: it confirms the lock every
+    ``check_s``, and in between waits on the connection's socket, so that a session the server
+    ends (``pg_terminate_backend``, the idle limit, a restart) is noticed at once, not at the
+    next check. The same connection LISTENs on ``channel``: other processes' NOTIFYs reach
+    ``on_notify`` (their payloads) within milliseconds."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        shard: int = 0,
+        ttl_s: float | None = None,
+        check_s: float = CHECK_S,
+        channel: str | None = None,
+    ) -> None:
         self.engine = engine
         self.key = (ADVISORY_NAMESPACE, shard)
         self.ttl_s = ttl_s
+        self.check_s = check_s
+        self.channel = channel
         self.description = f"PostgreSQL advisory lock ({self.key[0]}, {self.key[1]})"
+        self.on_notify: Callable[[list[str]], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
         self._conn: Connection | None = None
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._confirmed_at = float("-inf")
+        self._notified: list[str] = []
         self._warned_no_ttl = False
 
     def try_acquire(self) -> bool:
@@ -136,6 +187,8 @@ class AdvisoryLease:
                 text("SELECT pg_try_advisory_lock(:a, :b)"), {"a": self.key[0], "b": self.key[1]}
             )
             conn.commit()
+            if got and self.channel is not None:
+                self._listen(conn, self.channel)
         except SQLAlchemyError as exc:
             conn.invalidate()
             conn.close()
@@ -144,6 +197,13 @@ class AdvisoryLease:
             conn.close()
             return False
         self._conn = conn
+        self._confirmed_at = time.monotonic()
+        self._lost.clear()
+        self._stop = threading.Event()
+        self._keeper = threading.Thread(
+            target=self._keep, args=(conn, self._stop), name="lease-keeper", daemon=True
+        )
+        self._keeper.start()
         return True
 
     def _limit_idle(self, conn: Connection) -> None:
@@ -165,10 +225,53 @@ class AdvisoryLease:
                     type(exc).__name__,
                 )
 
+    def _listen(self, conn: Connection, channel: str) -> None:
+        raw = conn.connection.driver_connection
+        if isinstance(raw, psycopg.Connection):
+            raw.add_notify_handler(self._notified_of)
+            conn.exec_driver_sql(f'LISTEN "{channel}"')
+            conn.commit()
+
+    def _notified_of(self, notify: psycopg.Notify) -> None:
+        self._notified.append(notify.payload)  # on the keeper's thread, inside its query
+
     def holding(self) -> bool:
-        conn = self._conn
-        if conn is None:
+        return self._conn is not None and not self._lost.is_set()
+
+    def valid(self) -> bool:
+        if not self.holding():
             return False
+        if self.ttl_s is None:  # the server keeps the lock for as long as the session lives
+            return True
+        # Idle for ttl_s, the session ends: the lease is ours while the last confirmation is
+        # younger than that, less a margin for the round trip it took.
+        return time.monotonic() - self._confirmed_at < self.ttl_s - VALIDITY_MARGIN_S
+
+    def _keep(self, conn: Connection, stop: threading.Event) -> None:
+        raw = conn.connection.driver_connection
+        fd = raw.pgconn.socket if isinstance(raw, psycopg.Connection) else None
+        next_check = time.monotonic() + self.check_s
+        while not stop.is_set():
+            wait_s = max(0.0, min(KEEPER_STEP_S, next_check - time.monotonic()))
+            ready = _readable(fd, wait_s)
+            if stop.is_set():
+                return
+            if not ready and time.monotonic() < next_check:
+                continue
+            if not self._check(conn):
+                if not stop.is_set():
+                    self._lost.set()
+                    self._conn = None
+                    _discard(conn)
+                    if self.on_lost is not None:
+                        self.on_lost()
+                return
+            now = time.monotonic()
+            self._confirmed_at = now
+            next_check = now + self.check_s
+            self._deliver()
+
+    def _check(self, conn: Connection) -> bool:
         try:
             held = conn.scalar(
                 text(
@@ -181,44 +284,73 @@ class AdvisoryLease:
             conn.commit()
         except SQLAlchemyError as exc:
             logger.error("scheduler lease lost: its connection failed (%s)", type(exc).__name__)
-            self._drop()
             return False
         if not held:
             logger.error("scheduler lease lost: the advisory lock is gone")
-            self._drop()
             return False
         return True
 
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+    def _deliver(self) -> None:
+        payloads, self._notified = self._notified, []
+        if payloads and self.on_notify is not None:
             try:
-                conn.invalidate()
-                conn.close()
-            except SQLAlchemyError:
-                pass
+                self.on_notify(payloads)
+            except Exception:
+                logger.exception("handling %d notification(s) failed", len(payloads))
 
     def release(self) -> None:
         conn = self._conn
-        if conn is None:
-            return
-        try:
-            conn.execute(
-                text("SELECT pg_advisory_unlock(:a, :b)"), {"a": self.key[0], "b": self.key[1]}
-            )
-            conn.commit()
-        except SQLAlchemyError:
-            pass  # closing the session drops it anyway
-        self._drop()
+        self._stop.set()
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(KEEPER_JOIN_S)
+            if keeper.is_alive():  # stuck in a check: the connection is not ours to use
+                conn = None
+        if self._conn is not None and conn is not None and not self._lost.is_set():
+            try:
+                conn.execute(
+                    text("SELECT pg_advisory_unlock(:a, :b)"), {"a": self.key[0], "b": self.key[1]}
+                )
+                conn.commit()
+            except SQLAlchemyError:
+                pass  # closing the session drops it anyway
+        self._lost.set()
+        held, self._conn = self._conn, None
+        if held is not None:
+            _discard(held)
 
 
-def lease_for(url: str, engine: Engine, ttl_s: float | None = None) -> Lease:
+def _discard(conn: Connection) -> None:
+    """Close the lease's session for good (never back to the pool: it holds a lock)."""
+    try:
+        conn.invalidate()
+        conn.close()
+    except SQLAlchemyError:
+        pass
+
+
+def _readable(fd: int | None, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the server to send something: a notification, or the
+    message that ends the session (then the socket is readable too)."""
+    if fd is None or fd < 0:
+        time.sleep(timeout_s)
+        return False
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+    except (OSError, ValueError):  # closed under us: the next check says how
+        return True
+    return bool(ready)
+
+
+def lease_for(
+    url: str, engine: Engine, ttl_s: float | None = None, channel: str | None = None
+) -> Lease:
     """The lease that guards the store at ``url`` (PostgreSQL: held through ``engine``, lost
-    after ``ttl_s`` without a check)."""
+    after ``ttl_s`` without a check, listening on ``channel``)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if not database or database == ":memory:" or database.startswith("file::memory:"):
             return LocalLease()
         return FileLease(Path(f"{os.path.abspath(database)}.lease"))
-    return AdvisoryLease(engine, ttl_s=ttl_s)
+    return AdvisoryLease(engine, ttl_s=ttl_s, channel=channel)

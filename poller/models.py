@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Index, Integer, String, Text, text
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -75,3 +75,17 @@ class RequestRow(Base):
     # W3C trace context of the submit call, carried by the event (CloudEvents distributed tracing).
     traceparent: Mapped[str | None] = mapped_column(String(55))
     tracestate: Mapped[str | None] = mapped_column(String(512))
+
+
+class LeaseRow(Base):
+    """Who last took the scheduler lease of a shard, and how many times it has been taken.
+
+    The count is the fencing token: a leader's decisive writes carry the epoch it took, and land
+    only while nobody has taken the lease since (a leader that lost it without noticing yet)."""
+
+    __tablename__ = "poller_leases"
+
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(255))
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime)

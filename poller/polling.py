@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from poller.errors import (
+    LeaseLost,
     PollerError,
     SparkError,
     SparkUnavailable,
@@ -27,7 +28,7 @@ from poller.errors import (
 from poller.logs import add_log_context, current_log_context, log_scope
 from poller.metrics import POLL_ERRORS, POLLS
 from poller.outbox import Outbox
-from poller.schemas import DriverState, DriverStatus, JobRecord, Phase
+from poller.schemas import DriverState, DriverStatus, Fence, JobRecord, Phase
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
 from poller.store import RequestStore, utcnow
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 ASKING_SPARK = (Phase.POLLING, Phase.CANCELLING)
 
 RemoveJob = Callable[[str], None]
+# The leader's fence while this process holds the lease and knows it, else None.
+CurrentFence = Callable[[], Fence | None]
 
 
 def _run_cluster() -> str:
@@ -127,13 +130,17 @@ class Poller:
         outbox: Outbox,
         remove_job: RemoveJob,
         policy: PollPolicy | None = None,
+        fence: CurrentFence | None = None,
     ) -> None:
+        """``fence`` gives the lease this process's scheduled runs decide under (None: they
+        decide unfenced, as in a process that is alone by construction)."""
         self.store = store
         self.clusters = clusters
         self.sources = sources
         self.outbox = outbox
         self.remove_job = remove_job
         self.policy = policy or PollPolicy()
+        self.current_fence = fence
         self.locks = RequestLocks()
 
     def lock_for(self, request_id: str) -> contextlib.AbstractContextManager[None]:
@@ -145,12 +152,20 @@ class Poller:
         """One scheduled run. Never raises: a failure leaves the job for the next run.
 
         A run that finds its request busy (a cancel is killing the driver) skips: the cancel
-        does the work, and no poll thread waits on another's Spark call."""
+        does the work, and no poll thread waits on another's Spark call. So does a run of a
+        process that no longer knows itself the leader (the lease lost, or a freeze longer than
+        the lease): it asks Spark nothing and decides nothing."""
         add_log_context(request_id=request_id)
         try:
+            fence = None
+            if self.current_fence is not None:
+                fence = self.current_fence()
+                if fence is None:
+                    POLLS.labels("", "skipped").inc()
+                    return
             with self.locks.hold_if_free(request_id) as free:
                 if free:
-                    self.advance(request_id)
+                    self.advance(request_id, fence)
                 else:
                     POLLS.labels("", "skipped").inc()
         except PollerError as exc:
@@ -170,8 +185,11 @@ class Poller:
                 extra={"request_id": request_id},
             )
 
-    def advance(self, request_id: str) -> JobRecord | None:
-        """Take the request as far as it can go now. Caller holds :meth:`lock_for`."""
+    def advance(self, request_id: str, fence: Fence | None = None) -> JobRecord | None:
+        """Take the request as far as it can go now. Caller holds :meth:`lock_for`.
+
+        A scheduled run passes the leader's ``fence``: its ending lands only while the lease
+        was not taken since, and its event is offered only while this process still leads."""
         record = self.store.get(request_id)
         if record is None:
             logger.warning("poll job %s has no request record; removing it", request_id)
@@ -179,14 +197,21 @@ class Poller:
             return None
         add_log_context(submission_id=record.submission_id, cluster=record.cluster)
         if record.phase in ASKING_SPARK:
-            record = self._check_spark(record)
+            record = self._check_spark(record, fence)
         if record.phase == Phase.PUBLISHING:
+            self._still_leading(fence)
             self.outbox.offer(record)
         if record.phase == Phase.DONE:
             self.remove_job(request_id)
         return record
 
-    def _check_spark(self, record: JobRecord) -> JobRecord:
+    def _still_leading(self, fence: Fence | None) -> None:
+        """Raise LeaseLost unless ``fence`` is None (not a scheduled run) or still current."""
+        current = self.current_fence
+        if fence is not None and current is not None and current() != fence:
+            raise LeaseLost("this process no longer holds the scheduler lease")
+
+    def _check_spark(self, record: JobRecord, fence: Fence | None) -> JobRecord:
         assert record.submission_id is not None
         source = self.sources.get(record.cluster)
         if source is None:  # recorded by a process configured otherwise (a rolling update)
@@ -202,7 +227,7 @@ class Poller:
             POLL_ERRORS.labels(record.cluster, error_cause(exc)).inc()
             # The kill's deadline holds whether or not Spark answers.
             if record.phase == Phase.CANCELLING and self._kill_unconfirmed(record, utcnow()):
-                return self._kill_deadline_passed(record)
+                return self._kill_deadline_passed(record, fence)
             raise
         ended = status.found and status.state is not None and status.state.terminal
         outcome = "ended" if ended else "running" if status.found else "unknown"
@@ -214,14 +239,18 @@ class Poller:
                     record,
                     DriverState.CANCELLED,
                     f"{record.message}; driver ended {status.state.value}",
+                    fence,
                     status,
                 )
-            return self._fix(record, status.state, status.message, status)
+            return self._fix(record, status.state, status.message, fence, status)
         record = self.store.record_poll(record, status) or self._reload(record.request_id)
         if not status.found:
             if record.phase == Phase.CANCELLING:  # killed and gone (or forgotten): cancelled
                 return self._fix(
-                    record, DriverState.CANCELLED, f"{record.message}; Spark no longer knows it"
+                    record,
+                    DriverState.CANCELLED,
+                    f"{record.message}; Spark no longer knows it",
+                    fence,
                 )
             if record.unknown_polls >= self.policy.lost_after_unknown_polls:
                 return self._fix(
@@ -232,6 +261,7 @@ class Poller:
                         f"{record.unknown_polls} polls in a row (master restarted without "
                         "recovery, or the driver was evicted)"
                     ),
+                    fence,
                 )
             logger.info(
                 "Spark does not know driver %s of %s (%d in a row)",
@@ -244,7 +274,7 @@ class Poller:
         now = utcnow()
         if record.phase == Phase.CANCELLING:
             if self._kill_unconfirmed(record, now):
-                return self._kill_deadline_passed(record)
+                return self._kill_deadline_passed(record, fence)
             return record
         reason = self._overdue(record, now)
         if reason is not None:
@@ -252,15 +282,15 @@ class Poller:
                 record = self._reload(record.request_id)  # never kill what was cancelled meanwhile
                 if record.phase != Phase.POLLING:
                     return record
-                reason += self._kill(record)
-            return self._fix(record, DriverState.TIMED_OUT, reason)
+                reason += self._kill(record, fence)
+            return self._fix(record, DriverState.TIMED_OUT, reason, fence)
         return record
 
     def _kill_unconfirmed(self, record: JobRecord, now: datetime) -> bool:
         requested = record.cancel_requested_at or now
         return (now - requested).total_seconds() > self.policy.kill_confirm_timeout_s
 
-    def _kill_deadline_passed(self, record: JobRecord) -> JobRecord:
+    def _kill_deadline_passed(self, record: JobRecord, fence: Fence | None) -> JobRecord:
         return self._fix(
             record,
             DriverState.CANCELLED,
@@ -268,6 +298,7 @@ class Poller:
                 f"{record.message}; Spark did not confirm the kill within "
                 f"{self.policy.kill_confirm_timeout_s:g}s"
             ),
+            fence,
         )
 
     def _overdue(self, record: JobRecord, now: datetime) -> str | None:
@@ -283,8 +314,13 @@ class Poller:
             return f"still {record.state.value} after {policy.max_tracking_s:g}s of tracking"
         return None
 
-    def _kill(self, record: JobRecord) -> str:
+    def _kill(self, record: JobRecord, fence: Fence | None) -> str:
+        """Kill an overdue driver: only a leader whose lease nobody has taken since (asked of
+        the database just before), so two processes never both kill it."""
         assert record.submission_id is not None
+        self._still_leading(fence)
+        if fence is not None and not self.store.fence_holds(fence):
+            raise LeaseLost("the scheduler lease was taken by another process")
         try:
             accepted, _ = self.clusters[record.cluster].kill(record.submission_id)
         except SparkError as exc:
@@ -296,15 +332,20 @@ class Poller:
         record: JobRecord,
         final_state: DriverState,
         message: str | None,
+        fence: Fence | None,
         seen: DriverStatus | None = None,
     ) -> JobRecord:
         # Decided from ``record``: a request another process moved on meanwhile (a cancel
-        # through a standby) is left as it is, and its next run decides again.
-        fixed = self.store.complete(record.request_id, final_state, message, seen, record.phase)
-        if fixed is not None:
-            source = self.sources.get(record.cluster)
-            if source is not None and record.submission_id is not None:
-                source.forget(record.submission_id)
+        # through a standby) is left as it is, and its next run decides again. Under a fence
+        # no longer current (another process leads now), nothing is written.
+        fixed = self.store.complete(
+            record.request_id, final_state, message, seen, record.phase, fence
+        )
+        if fixed is None:
+            return self._reload(record.request_id)
+        source = self.sources.get(record.cluster)
+        if source is not None and record.submission_id is not None:
+            source.forget(record.submission_id)
         logger.info(
             "%s of %s ended %s",
             record.submission_id,
@@ -312,7 +353,7 @@ class Poller:
             final_state.value,
             extra={"request_id": record.request_id},
         )
-        return fixed or self._reload(record.request_id)
+        return fixed
 
     def _reload(self, request_id: str) -> JobRecord:
         record = self.store.get(request_id)

@@ -242,13 +242,36 @@ class PollScheduler:
         Called before the scheduler resumes after downtime. APScheduler 3 would otherwise build
         every missed run time of each overdue job (a day at 1 s is 86,400 per job) under its
         job-store lock, and run them all in the same second: spread, the master is asked about
-        the backlog no faster than in steady state."""
+        the backlog no faster than in steady state.
+
+        A job due less than one interval ago may have run just before the last owner died,
+        its new time not yet written (times are saved a second later): it runs one interval
+        after the stored time, never twice in one interval."""
         now = datetime.now(UTC)
         overdue = self.jobstore.get_due_jobs(now)
+        interval = timedelta(seconds=self.interval_s)
         for job in overdue:
-            job._modify(next_run_time=now + timedelta(seconds=random.uniform(0, window_s)))
+            if job.next_run_time is not None and now - job.next_run_time < interval:
+                at = job.next_run_time + interval
+            else:
+                at = now + timedelta(seconds=random.uniform(0, window_s))
+            job._modify(next_run_time=at)
             self.jobstore.update_job(job)
         return len(overdue)
+
+    def notified(self, payloads: list[str]) -> None:
+        """Other processes added or changed jobs (NOTIFY payloads): load or wake them now."""
+        woken = self.jobstore.notified(payloads)
+        self.wake(woken)
+        self.scheduler.wakeup()
+
+    def changed(self, request_id: str) -> None:
+        """A request changed here and its job must run now where it is owned (a standby's
+        cancel): tell the owner; nothing to do when this process owns it."""
+        try:
+            self.jobstore.changed(request_id)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     def remove(self, request_id: str) -> None:
         """Remove the poll job of ``request_id``; a job already gone is fine.

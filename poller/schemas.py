@@ -6,7 +6,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -128,6 +128,14 @@ def trace_context(traceparent: str | None, tracestate: str | None) -> TraceConte
 def event_id_for(request_id: str) -> str:
     """The one event id of a request: a re-publish after a crash is recognisably the same event."""
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, request_id))
+
+
+class Fence(NamedTuple):
+    """A leader's token: the lease of ``shard`` as taken at ``epoch``. A write made with it lands
+    only while nobody has taken that lease since."""
+
+    shard: int
+    epoch: int
 
 
 class Strict(BaseModel):

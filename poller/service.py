@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,12 +20,14 @@ from poller.errors import (
 from poller.events import EventPublisher, producer_config
 from poller.health import HealthMonitor
 from poller.jobs import Jobs
+from poller.jobstore import CHANNEL
 from poller.lease import lease_for
 from poller.master_view import MasterView
 from poller.metrics import LEASE_CHANGES, LEASE_HELD, OPEN_PHASES, STORE, StoreSnapshot
 from poller.outbox import Outbox
 from poller.polling import Poller, PollPolicy
 from poller.scheduler import PollScheduler
+from poller.schemas import Fence
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
 from poller.store import RequestStore
@@ -36,8 +40,9 @@ WATCHDOG_STEP_S = 1.0
 WATCHDOG_SILENT_S = 60.0
 FAILURE_REPEAT_S = 60.0
 PENDING_WRITES_FLUSH_S = 5.0
-LEASE_RETRY_S = 2.0
+LEASE_RETRY_S = 1.0
 LEASE_CHECK_S = 2.0
+SHARD = 0  # one lease for the whole store (shards take one each)
 RECOVERY_STEP_S = 5.0
 HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_STALE_AFTER_S = 15.0
@@ -51,6 +56,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         # Every thread that may use the database at once: poll runs, API handlers, and ours
         # (lease, outbox, health, watchdog, scheduler loop).
         self.engine = create_db_engine(
@@ -74,6 +80,7 @@ class Service:
             settings.kafka_topic,
             settings.event_source,
             settings.kafka_delivery_timeout_s,
+            self.replica,
         )
         self.scheduler = PollScheduler(
             self.engine, JOB_FUNC, settings.poll_interval_seconds, settings.scheduler_threads
@@ -105,14 +112,25 @@ class Service:
             for name, client in self.clusters.items()
         }
         self.poller = Poller(
-            self.store, self.clusters, self.sources, self.outbox, self.scheduler.remove, policy
+            self.store,
+            self.clusters,
+            self.sources,
+            self.outbox,
+            self.scheduler.remove,
+            policy,
+            fence=self.fence,
         )
         self.jobs = Jobs(
             settings, self.store, self.clusters, self.scheduler, self.poller, self.outbox
         )
         self.lease = lease_for(
-            settings.database_url.get_secret_value(), self.engine, settings.lease_ttl_s
+            settings.database_url.get_secret_value(),
+            self.engine,
+            settings.lease_ttl_s,
+            channel=CHANNEL,
         )
+        self.lease.on_notify = self.scheduler.notified
+        self.lease.on_lost = self._lease_lost
         self.health = HealthMonitor(
             {"database": self._check_database, "kafka": self.publisher.problem},
             period_s=HEALTH_CHECK_PERIOD_S,
@@ -128,6 +146,8 @@ class Service:
         self._stopping = threading.Event()
         self._activated = threading.Event()
         self._leading = threading.Event()
+        self._fence: Fence | None = None
+        self._stepping_down = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._beats = _Beats()
         self.heartbeat = time.monotonic()
@@ -161,6 +181,14 @@ class Service:
     @property
     def role(self) -> str:
         return "leader" if self._leading.is_set() else "standby"
+
+    def fence(self) -> Fence | None:
+        """The fence of this process's decisions as leader: None unless it holds the lease and
+        knows so now (a process that woke from a freeze longer than the lease does not)."""
+        fence = self._fence
+        if fence is None or not self._leading.is_set() or not self.lease.valid():
+            return None
+        return fence
 
     def stop(self) -> None:
         """Let running polls finish, flush the producer, release the lease and connections."""
@@ -282,10 +310,8 @@ class Service:
             except Exception:
                 held = False
             if not held:
-                self.scheduler.pause()  # before anything else: another process may lead now
-                self._set_leading(False)
+                self._step_down()
                 beats.lost()
-                logger.error("lost the scheduler lease: stopped polling; standing by")
                 return
         if now >= beats.next_recovery:
             beats.next_recovery = now + RECOVERY_STEP_S
@@ -294,9 +320,26 @@ class Service:
             beats.next_reconcile = now + self.settings.reconcile_interval_s
             self.reconcile()
 
+    def _lease_lost(self) -> None:
+        """The lease keeper saw the lease go (the session ended): stop at once, not at the
+        watchdog's next beat."""
+        self._step_down()
+
+    def _step_down(self) -> None:
+        """No more runs, decisions or events from this process: another may lead now."""
+        with self._stepping_down:
+            if not self._leading.is_set():
+                return
+            self._fence = None
+            self.scheduler.pause()  # before anything else
+            self._set_leading(False)
+        self.publisher.drop_queued()  # the new leader publishes them
+        logger.error("lost the scheduler lease: stopped polling; standing by")
+
     def _lead(self) -> bool:
         """This process just took the lease: repair the store, then start polling."""
         try:
+            self._fence = self.store.take_lease(SHARD, self.replica)
             stranded = self.store.asking_spark_outside(self.clusters)
             unknown = sorted(set(stranded) - set(self.settings.retired_clusters))
             if unknown:
@@ -326,8 +369,11 @@ class Service:
         self._set_leading(True)
         self.scheduler.resume()
         logger.info(
-            "holding the scheduler lease (%s): polling; %d overdue poll(s) spread over %.3gs",
+            "holding the scheduler lease (%s, epoch %d, as %s): polling; %d overdue poll(s) "
+            "spread over %.3gs",
             self.lease.description,
+            self._fence.epoch,
+            self.replica,
             overdue,
             self.settings.poll_interval_seconds,
         )

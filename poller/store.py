@@ -32,10 +32,11 @@ from poller import migrate
 from poller.db import database_unavailable
 from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
 from poller.group_commit import GroupCommit
-from poller.models import RequestRow
+from poller.models import LeaseRow, RequestRow
 from poller.schemas import (
     DriverState,
     DriverStatus,
+    Fence,
     JobRecord,
     Phase,
     TraceContext,
@@ -99,7 +100,14 @@ _FIX = (
         unknown_polls=case((bindparam("seen", type_=Boolean), 0), else_=_COLUMNS.unknown_polls),
     )
 )
+_LEASES = cast(Table, LeaseRow.__table__)
+# A leader's ending lands only while its lease was not taken by anyone since (see LeaseRow).
+_FENCED_FIX = _FIX.where(
+    select(_LEASES.c.epoch).where(_LEASES.c.shard == bindparam("shard")).scalar_subquery()
+    == bindparam("epoch")
+)
 _FIX_RETURNING = _FIX.returning(*_COLUMNS)
+_FENCED_FIX_RETURNING = _FENCED_FIX.returning(*_COLUMNS)
 
 
 def utcnow() -> datetime:
@@ -516,14 +524,16 @@ class RequestStore:
         message: str | None,
         seen: DriverStatus | None = None,
         phase: Phase | None = None,
+        fence: Fence | None = None,
     ) -> JobRecord | None:
         """Fix the request's outcome once (-> PUBLISHING) and return the record as stored; None
-        if it was already fixed, or is no longer in ``phase`` (the phase the caller decided from).
+        if it was already fixed, or is no longer in ``phase`` (the phase the caller decided from),
+        or ``fence`` (the leader's, for a poll's decision) no longer holds.
 
         ``seen`` is the status answer that showed the ending: counted as a poll, and Spark's
         word for the state kept, in the same write."""
         phases = ASKING_SPARK if phase is None else (phase.value,)
-        return self._fix(request_id, phases, final_state, message, seen)
+        return self._fix(request_id, phases, final_state, message, seen, fence)
 
     def _fix(
         self,
@@ -532,6 +542,7 @@ class RequestStore:
         final_state: DriverState,
         message: str | None,
         seen: DriverStatus | None = None,
+        fence: Fence | None = None,
     ) -> JobRecord | None:
         now = utcnow()
         taken = self._take_count(request_id)  # the polls counted so far go into the event
@@ -551,11 +562,16 @@ class RequestStore:
             "spark": None if seen is None else seen.raw_state,
         }
         returning = self.engine.dialect.update_returning
+        if fence is None:
+            statement = _FIX_RETURNING if returning else _FIX
+        else:
+            statement = _FENCED_FIX_RETURNING if returning else _FENCED_FIX
+            params |= {"shard": fence.shard, "epoch": fence.epoch}
 
         def write(conn: Connection) -> Any:
             if returning:
-                return conn.execute(_FIX_RETURNING, params).first()
-            return _rowcount(conn.execute(_FIX, params))
+                return conn.execute(statement, params).first()
+            return _rowcount(conn.execute(statement, params))
 
         try:
             fixed = self._group.run(write)
@@ -565,6 +581,39 @@ class RequestStore:
         if not fixed:
             return None
         return _record(fixed) if returning else self.get(request_id)
+
+    @_translate_db_errors
+    def take_lease(self, shard: int, holder: str) -> Fence:
+        """``holder`` has just taken the lease of ``shard`` (the caller holds it): count it, and
+        return the fence of the holder's writes from now on."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(_LEASES)
+                .where(_LEASES.c.shard == shard)
+                .values(epoch=_LEASES.c.epoch + 1, holder=holder, taken_at=now)
+            )
+            if not _rowcount(taken):
+                conn.execute(
+                    insert(_LEASES).values(shard=shard, epoch=1, holder=holder, taken_at=now)
+                )
+            epoch = conn.scalar(select(_LEASES.c.epoch).where(_LEASES.c.shard == shard))
+        assert epoch is not None
+        return Fence(shard, int(epoch))
+
+    @_translate_db_errors
+    def fence_holds(self, fence: Fence) -> bool:
+        """Nobody has taken the lease since ``fence`` was given (asked of the database now)."""
+        with self.engine.connect() as conn:
+            epoch = conn.scalar(select(_LEASES.c.epoch).where(_LEASES.c.shard == fence.shard))
+        return epoch == fence.epoch
+
+    @_translate_db_errors
+    def lease_holders(self) -> list[tuple[int, int, str, datetime]]:
+        """(shard, epoch, holder, taken at) of every lease ever taken, by shard."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_LEASES).order_by(_LEASES.c.shard))
+            return [(r.shard, int(r.epoch), r.holder, r.taken_at) for r in rows]
 
     @_translate_db_errors
     def mark_published(self, request_ids: list[str]) -> None:
