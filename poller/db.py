@@ -53,12 +53,14 @@ def create_db_engine(
     pool_size: int = 10,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     sqlite_synchronous: str = "FULL",
+    application_name: str | None = None,
 ) -> Engine:
     """Build the engine, every wait bounded by ``timeout_s``; times are UTC on every connection.
 
     SQLite gets WAL, a busy timeout so API and poll threads can share it, and ``synchronous=FULL``
     so a commit (a 202 already answered) survives an OS crash; ``sqlite_synchronous`` exists for
-    the benchmark that measures what that costs.
+    the benchmark that measures what that costs. On PostgreSQL every session carries
+    ``application_name`` (``pg_stat_activity`` tells the replicas' sessions apart).
     """
     if sqlite_synchronous not in SQLITE_SYNC_LEVELS:
         raise ValueError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
@@ -98,6 +100,7 @@ def create_db_engine(
             "keepalives_interval": 2,
             "keepalives_count": 3,
             "tcp_user_timeout": int((timeout_s + CLIENT_GRACE_S) * 1000),
+            **({} if application_name is None else {"application_name": application_name[:63]}),
         },
         pool_pre_ping=True,
         pool_size=pool_size,

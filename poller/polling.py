@@ -216,6 +216,7 @@ class Poller:
         source = self.sources.get(record.cluster)
         if source is None:  # recorded by a process configured otherwise (a rolling update)
             raise UnknownCluster(f"cluster {record.cluster!r} is not configured in this process")
+        self._still_leading(fence)  # the lease may have gone since the run began
         try:
             # A kill is confirmed by Spark's answer now, not by the next cluster view.
             status = source.status(

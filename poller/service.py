@@ -63,6 +63,7 @@ class Service:
             settings.database_url.get_secret_value(),
             pool_size=settings.scheduler_threads + settings.api_threads + 5,
             timeout_s=settings.database_timeout_s,
+            application_name=f"spark-poller {self.replica}",
         )
         self.store = RequestStore(self.engine)
         self.clusters = {
@@ -313,6 +314,8 @@ class Service:
                 self._step_down()
                 beats.lost()
                 return
+        if self.fence() is None:  # not confirmed lately (a freeze, a slow check): decide nothing
+            return
         if now >= beats.next_recovery:
             beats.next_recovery = now + RECOVERY_STEP_S
             self.jobs.recover_submissions()

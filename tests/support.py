@@ -135,6 +135,24 @@ class ServiceProcess:
         return result
 
 
+class PatientClient:
+    """Calls the service, riding out its deaths: a refused connection is retried."""
+
+    def __init__(self, svc: ServiceProcess) -> None:
+        self.svc = svc
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                answer: requests.Response = getattr(self.svc, method)(path, **kwargs)
+                return answer
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
 @dataclass
 class Event:
     key: str
@@ -258,11 +276,29 @@ class LoopbackServer:
         self.server.server_close()
 
 
+@dataclass(frozen=True)
+class ProxiedCall:
+    """One call a proxy forwarded: when it arrived (wall clock), its method and path."""
+
+    at: float
+    method: str
+    path: str
+
+    @property
+    def driver(self) -> str:
+        """The submission id a status or kill call names ("" for others)."""
+        for action in ("/status/", "/kill/"):
+            if action in self.path:
+                return self.path.rsplit("/", 1)[-1]
+        return ""
+
+
 class DelayingProxy(LoopbackServer):
-    """A loopback HTTP proxy to a real server that holds back answers to chosen paths.
+    """A loopback HTTP proxy to a real server that holds back answers to chosen paths, and
+    remembers every call it forwarded (``calls``).
 
     It opens the window between "Spark did it" and "we heard about it", where a crash or a
-    timeout leaves the outcome of a call unknown.
+    timeout leaves the outcome of a call unknown. With ``delay_s`` 0 it only watches.
     """
 
     def __init__(self, target: str, slow_path: str, delay_s: float) -> None:
@@ -272,10 +308,13 @@ class DelayingProxy(LoopbackServer):
         self.lock = threading.Lock()
         self.arrived = 0  # calls to the slow path so far
         self.holding = 0  # of which still unanswered
+        self.calls: list[ProxiedCall] = []
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _forward(self) -> None:
+                with proxy.lock:
+                    proxy.calls.append(ProxiedCall(time.time(), self.command, self.path))
                 if proxy.slow_path in self.path:
                     with proxy.lock:
                         proxy.arrived += 1
@@ -306,6 +345,11 @@ class DelayingProxy(LoopbackServer):
                 pass
 
         self.serve(Handler)
+
+    def seen(self, action: str) -> list[ProxiedCall]:
+        """The calls of one REST action ("status", "kill", "create") so far."""
+        with self.lock:
+            return [call for call in self.calls if f"/submissions/{action}" in call.path]
 
 
 # Spark's own words (Master.scala, Utils.BACKUP_STANDALONE_MASTER_PREFIX) when it is not ALIVE.

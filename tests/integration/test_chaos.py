@@ -21,29 +21,17 @@ from poller.devstack import SparkStandalone, wait_for
 from poller.schemas import JobSpec
 from poller.spark import create_request_body
 from tests.conftest import JobBody
-from tests.support import EventReader, ServiceProcess, driver_state, poll_job_ids
+from tests.support import (
+    EventReader,
+    PatientClient,
+    ServiceProcess,
+    driver_state,
+    poll_job_ids,
+)
 
 REQUESTS = 100
 KILLS = 12
 SPARK_ENDED = {"FINISHED", "FAILED", "KILLED", "ERROR"}
-
-
-class PatientClient:
-    """Calls the service, riding out its deaths: a refused connection is retried."""
-
-    def __init__(self, svc: ServiceProcess) -> None:
-        self.svc = svc
-
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                answer: requests.Response = getattr(self.svc, method)(path, **kwargs)
-                return answer
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
 
 
 def _has_a_core(spark: SparkStandalone, submission_id: str) -> bool:

@@ -1,0 +1,446 @@
+"""Several replicas on one PostgreSQL store: one leads and polls, the others serve the API.
+
+Each replica reaches Spark through a loopback proxy of its own that remembers every call, so who
+asked Spark what, and when, is read there rather than from the replicas' own account; who
+published an event is read from its ``poller-replica`` header.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+
+from poller.devstack import Postgres, SparkStandalone, wait_for
+from tests.conftest import JobBody
+from tests.databases import new_pg_database
+from tests.support import (
+    DelayingProxy,
+    Event,
+    EventReader,
+    ProxiedCall,
+    ServiceProcess,
+    driver_state,
+    poll_job_ids,
+)
+
+SPARK_ENDED = {"FINISHED", "FAILED", "KILLED", "ERROR"}
+# A call already on its way when its process learnt it no longer leads.
+IN_TRANSIT_S = 0.2
+# How soon a leader cut off from the database must stop (its next lease check is 2 s away).
+STOPS_WITHIN_S = 1.0
+
+
+@dataclass
+class Replica:
+    """One slot of the deployment: its own proxy to Spark, and the process now in it."""
+
+    name: str
+    env: dict[str, str]
+    proxy: DelayingProxy
+    workdir: Path
+    generation: int = 0
+    svc: ServiceProcess | None = None
+    past: list[ServiceProcess] = field(default_factory=list)
+
+    def start(self) -> ServiceProcess:
+        self.generation += 1
+        replica_id = f"{self.name}{self.generation}"
+        svc = ServiceProcess(
+            {
+                **self.env,
+                "POLLER_SPARK_REST_URL": self.proxy.url,
+                "POLLER_REPLICA_ID": replica_id,
+                "POLLER_LOG_FORMAT": "json",
+            },
+            self.workdir / f"{replica_id}.log",
+        )
+        self.svc = svc
+        self.past.append(svc)
+        return svc.start()
+
+    @property
+    def current(self) -> ServiceProcess:
+        assert self.svc is not None
+        return self.svc
+
+    def role(self) -> str | None:
+        svc = self.svc
+        if svc is None or not svc.running():
+            return None
+        try:
+            return str(svc.http.get(f"{svc.url}/readyz", timeout=2).json().get("role"))
+        except (requests.RequestException, ValueError):
+            return None
+
+
+@pytest.fixture
+def replicas(
+    service_env: dict[str, str], postgres: Postgres, spark: SparkStandalone, tmp_path: Path
+) -> Iterator[list[Replica]]:
+    """Three slots on one new PostgreSQL database, each with its own proxy to the real Spark;
+    polls ask each driver's REST status, so every poll is a call a proxy sees."""
+    env = {
+        **service_env,
+        "POLLER_DATABASE_URL": new_pg_database(postgres),
+        "POLLER_STATUS_SOURCE": "rest",
+    }
+    slots = [Replica(name, env, DelayingProxy(spark.rest_url, "", 0), tmp_path) for name in "abc"]
+    yield slots
+    for slot in slots:
+        for svc in slot.past:
+            if svc.running():
+                svc.terminate()
+        slot.proxy.close()
+
+
+def _leader(slots: list[Replica]) -> Replica | None:
+    leading = [slot for slot in slots if slot.role() == "leader"]
+    assert len(leading) <= 1, f"two leaders at once: {[s.name for s in leading]}"
+    return leading[0] if leading else None
+
+
+def _wait_leader(slots: list[Replica], timeout_s: float = 30) -> Replica:
+    found: list[Replica] = []
+
+    def one() -> bool:
+        leader = _leader(slots)
+        if leader is not None:
+            found.append(leader)
+        return leader is not None
+
+    wait_for(one, timeout_s, "a leader")
+    return found[-1]
+
+
+def _log_times(svc: ServiceProcess, needle: str) -> list[float]:
+    """When (epoch seconds) the process logged lines containing ``needle``."""
+    return [
+        datetime.fromisoformat(record["time"]).timestamp()
+        for record in svc.log_records()
+        if needle in str(record.get("message", ""))
+    ]
+
+
+def _published_by(event: Event) -> str:
+    return event.headers.get("poller-replica", "")
+
+
+def _terminate_sessions(postgres: Postgres, application_name: str) -> int:
+    engine = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            ended = conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM "
+                    "pg_stat_activity WHERE application_name = :name) AS t"
+                ),
+                {"name": application_name},
+            )
+    finally:
+        engine.dispose()
+    return int(ended or 0)
+
+
+def _submit(svc: ServiceProcess, request_id: str, job: dict[str, Any]) -> str:
+    answer = svc.post("/submit", json={"request_id": request_id, "job": job})
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["submission_id"])
+
+
+def _one_event_each(events: EventReader, request_ids: set[str]) -> dict[str, list[Event]]:
+    by_key = events.wait_for_keys(request_ids, timeout_s=180)
+    assert set(by_key) == request_ids, (
+        f"events for requests never made: {set(by_key) - request_ids}"
+    )
+    for request_id, found in by_key.items():
+        ids = {event.value["event_id"] for event in found}
+        assert len(ids) == 1, f"{request_id}: {len(ids)} distinct event ids"
+    return by_key
+
+
+def test_a_leader_cut_off_from_the_database_stops_at_once(
+    replicas: list[Replica],
+    postgres: Postgres,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    """``pg_terminate_backend`` on every session of the leader: it stops asking Spark and
+    publishing within a second (not at its next lease check), and whatever it did in that time
+    matches what the next leader does: one event id per request, each as Spark ended it."""
+    a, b, _ = replicas
+    a.start()
+    _wait_leader([a])
+    b.start()
+    assert b.role() == "standby"
+    drivers = {f"cut-{i}": _submit(a.current, f"cut-{i}", job_body(seconds=6)) for i in range(3)}
+    drivers["cut-via-b"] = _submit(b.current, "cut-via-b", job_body(seconds=6))
+    wait_for(
+        lambda: all(a.current.job(rid)["state"] == "RUNNING" for rid in drivers),
+        90,
+        "the drivers to run",
+    )
+
+    cut_at = time.time()
+    assert _terminate_sessions(postgres, "spark-poller a1") >= 1
+    leader = _wait_leader([a, b])
+    by_key = _one_event_each(events, set(drivers))
+
+    [stopped_at] = _log_times(a.current, "lost the scheduler lease")
+    print(f"failover: a stopped {stopped_at - cut_at:.3f}s after its sessions were cut")
+    assert stopped_at - cut_at < STOPS_WITHIN_S
+    took_at = min(
+        t for t in _log_times(leader.current, "holding the scheduler lease") if t > cut_at
+    )
+    late = [
+        call
+        for call in a.proxy.calls
+        if stopped_at + IN_TRANSIT_S < call.at and (leader is not a or call.at < took_at)
+    ]
+    assert late == [], f"a asked Spark after it stopped leading: {late}"
+    for request_id, found in by_key.items():
+        for event in found:
+            assert event.value["state"] == "FINISHED", event.value
+            assert event.value["submission_id"] == drivers[request_id]
+            if _published_by(event) == "a1" and leader is not a:
+                assert event.timestamp_ms / 1000 <= stopped_at + IN_TRANSIT_S, event
+
+
+def test_a_leader_frozen_past_its_lease_neither_asks_publishes_nor_kills_when_it_wakes(
+    replicas: list[Replica],
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    """SIGSTOP longer than the lease: a standby takes over, publishes the driver that ended
+    and kills the one that overran; the old leader, woken, finds its lease gone before it acts:
+    no call to Spark, no event, no second kill."""
+    for slot in replicas:
+        slot.env |= {
+            "POLLER_LEASE_TTL_S": "6",
+            "POLLER_MAX_TRACKING_S": "16",
+            "POLLER_KILL_ON_TIMEOUT": "true",
+        }
+    a, b, _ = replicas
+    a.start()
+    _wait_leader([a])
+    b.start()
+    ends = _submit(a.current, "frozen-ends", job_body(seconds=4))
+    overruns = _submit(a.current, "frozen-overruns", job_body(seconds=120))
+    wait_for(
+        lambda: all(
+            a.current.job(rid)["state"] == "RUNNING" for rid in ("frozen-ends", "frozen-overruns")
+        ),
+        90,
+        "the drivers to run",
+    )
+    pid = a.current.proc.pid if a.current.proc is not None else 0
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: b.role() == "leader", 30, "the standby to lead")
+        by_key = _one_event_each(events, {"frozen-ends", "frozen-overruns"})
+    finally:
+        woke_at = time.time()
+        os.kill(pid, signal.SIGCONT)
+    # Anything it did on waking, it did before it stood down (its scheduler pauses then).
+    wait_for(lambda: "lost the scheduler lease" in a.current.logs(), 30, "the woken to yield")
+    wait_for(lambda: a.role() == "standby", 30, "the woken leader to stand by")
+
+    after_waking = [call for call in a.proxy.calls if call.at >= woke_at]
+    assert after_waking == [], f"the woken leader asked Spark: {after_waking}"
+    kills = [call.driver for call in a.proxy.seen("kill") + b.proxy.seen("kill")]
+    assert kills == [overruns], kills
+    assert [call.driver for call in b.proxy.seen("kill")] == [overruns]
+    [ended] = by_key["frozen-ends"]
+    [overran] = by_key["frozen-overruns"]
+    assert ended.value["state"] == "FINISHED"
+    assert ended.value["submission_id"] == ends
+    assert overran.value["state"] == "TIMED_OUT", overran.value
+    assert "driver killed" in overran.value["message"], overran.value
+    assert {_published_by(ended), _published_by(overran)} == {"b1"}
+    events.drain(1)
+    assert len(events.events) == 2, [e.value for e in events.events]
+    assert driver_state(spark, overruns) == "KILLED"
+    assert "scheduler lease lost" in a.current.logs()
+
+
+def test_a_standby_hands_its_submits_and_cancels_to_the_leader_at_once(
+    replicas: list[Replica],
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    """A submit through a standby is in the leader's schedule within a second or two (NOTIFY),
+    not at its next look at the table (15 s); a cancel through it ends the driver as on the
+    leader."""
+    for slot in replicas:
+        slot.env["POLLER_POLL_INTERVAL_SECONDS"] = "30"
+    a, b, _ = replicas
+    a.start()
+    _wait_leader([a])
+    b.start()
+    assert b.role() == "standby"
+    submission_id = _submit(b.current, "via-standby", job_body(seconds=60))
+    wait_for(
+        lambda: a.current.job("via-standby").get("next_poll_at") is not None,
+        3,
+        "the leader to schedule a submit made through the standby",
+    )
+    wait_for(lambda: driver_state(spark, submission_id) == "RUNNING", 90, "the driver to run")
+    answer = b.current.delete("/jobs/via-standby", params={"kill": "true"})
+    assert answer.status_code in {200, 202}, answer.text
+    [event] = _one_event_each(events, {"via-standby"})["via-standby"]
+    assert event.value["state"] == "CANCELLED", event.value
+    assert driver_state(spark, submission_id) == "KILLED"
+    wait_for(
+        lambda: "via-standby" not in poll_job_ids(a.env["POLLER_DATABASE_URL"]),
+        30,
+        "the poll job to go",
+    )
+
+
+# -- three replicas, the leader killed again and again ------------------------------------------
+
+HA_KILLS = 10
+HA_INTERVAL_S = 3.0
+HA_REQUESTS = 30
+
+
+@dataclass
+class Spread:
+    """Requests sent to whichever replica is up, round the slots, riding out deaths."""
+
+    slots: list[Replica]
+    rng: random.Random
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        deadline = time.monotonic() + 120
+        while True:
+            slot = self.rng.choice(self.slots)
+            svc = slot.svc
+            try:
+                if svc is None or not svc.running():
+                    raise requests.ConnectionError("not running")
+                answer: requests.Response = getattr(svc, method)(path, **kwargs)
+                return answer
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
+    replicas: list[Replica],
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    rng = random.Random(20261206)
+    for slot in replicas:
+        slot.env["POLLER_POLL_INTERVAL_SECONDS"] = str(HA_INTERVAL_S)
+    replicas[0].start()
+    _wait_leader(replicas[:1])
+    for slot in replicas[1:]:
+        slot.start()
+    client = Spread(replicas, rng)
+    submitted: dict[str, str | None] = {}
+    cancelled: set[str] = set()
+    kills: list[tuple[float, str]] = []  # (when, slot)
+    done = threading.Event()
+
+    def killer() -> None:
+        while len(kills) < HA_KILLS and not done.is_set():
+            time.sleep(rng.uniform(4, 7))
+            leader = _wait_leader(replicas)
+            leader.current.kill9()
+            kills.append((time.time(), leader.name))  # dead now: later calls are others'
+            time.sleep(rng.uniform(0.5, 2))
+            leader.start()
+
+    chaos = threading.Thread(target=killer, name="killer")
+    chaos.start()
+    try:
+        for i in range(HA_REQUESTS):
+            kind = rng.choice(["finish"] * 6 + ["fail"] * 2 + ["cancel"] * 2)
+            request_id = f"ha-{i:02d}-{kind}"
+            job = job_body(seconds=rng.uniform(2, 10), exit_code=int(kind == "fail"))
+            answer = client.call("post", "/submit", json={"request_id": request_id, "job": job})
+            if answer.status_code == 409:  # our first try landed before a crash
+                answer = client.call("get", f"/jobs/{request_id}")
+            assert answer.status_code in {200, 202, 504}, answer.text
+            submitted[request_id] = answer.json().get("submission_id")
+            if kind == "cancel":
+                time.sleep(rng.uniform(0, 1))
+                gone = client.call("delete", f"/jobs/{request_id}")
+                assert gone.status_code in {200, 202, 409}, gone.text
+                if gone.status_code != 409:
+                    cancelled.add(request_id)
+            time.sleep(rng.uniform(0.5, 2.5))
+        chaos.join()
+    finally:
+        done.set()
+        chaos.join()
+    assert len(kills) == HA_KILLS
+
+    by_key = _one_event_each(events, set(submitted))
+    counts: Counter[str] = Counter()
+    for request_id, found in by_key.items():
+        counts["duplicates"] += len(found) - 1
+        event = found[0].value
+        counts[event["state"]] += 1
+        if event["state"] == "SUBMIT_UNKNOWN":
+            continue
+        assert event["submission_id"] == submitted[request_id], request_id
+        if request_id in cancelled:
+            assert event["state"] == "CANCELLED", event
+            continue
+        real = driver_state(spark, event["submission_id"])
+        assert real in SPARK_ENDED, f"{request_id}: driver still {real}"
+        assert event["state"] == real, f"{request_id}: event {event['state']}, cluster {real}"
+    wait_for(
+        lambda: poll_job_ids(replicas[0].env["POLLER_DATABASE_URL"]) == set(),
+        60,
+        "poll jobs to be gone",
+    )
+
+    # Failover: from each kill to the next status call (only a leader asks for one here).
+    status = sorted(
+        ((call, slot.name) for slot in replicas for call in slot.proxy.seen("status")),
+        key=lambda pair: pair[0].at,
+    )
+    failovers = []
+    for killed_at, _slot in kills:
+        after = [call.at for call, _ in status if call.at > killed_at]
+        assert after, "no poll after a kill"
+        failovers.append(after[0] - killed_at)
+    # Two leaders never ask about one driver within half an interval of each other.
+    last: dict[str, tuple[ProxiedCall, str]] = {}
+    double: list[str] = []
+    for call, slot_name in status:
+        earlier = last.get(call.driver)
+        if earlier is not None and earlier[1] != slot_name:
+            gap = call.at - earlier[0].at
+            if gap < HA_INTERVAL_S / 2:
+                double.append(f"{call.driver}: {earlier[1]} then {slot_name} {gap:.2f}s apart")
+        last[call.driver] = (call, slot_name)
+    print(
+        f"ha: requests={len(submitted)} kills={len(kills)} failover "
+        f"min={min(failovers):.2f}s median={statistics.median(failovers):.2f}s "
+        f"max={max(failovers):.2f}s duplicates={counts.pop('duplicates', 0)} lost=0 wrong=0 "
+        f"double_polls={len(double)} status_calls={len(status)} states={dict(counts)}"
+    )
+    assert double == []
+    assert max(failovers) <= min(2 * HA_INTERVAL_S, 10), failovers
