@@ -372,6 +372,27 @@ def test_postgresql_overlay_reads_the_database_url_from_the_secret(
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_postgresql_overlay_runs_three_replicas_that_survive_a_drain(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Three pods, one per node where possible, two always left by voluntary disruptions; each
+    named after its pod in the lease table and its events."""
+    docs = rendered["postgresql"]
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]["spec"]
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    budget = one(docs, "PodDisruptionBudget")["spec"]
+    assert budget == {"minAvailable": 2, "selector": budget["selector"]}
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    env = {item["name"]: item for item in container(docs).get("env", [])}
+    assert env["POLLER_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
 def test_no_secret_is_kept_in_the_manifests(
     rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
