@@ -312,7 +312,6 @@ class Service:
                 held = False
             if not held:
                 self._step_down()
-                beats.lost()
                 return
         if self.fence() is None:  # not confirmed lately (a freeze, a slow check): decide nothing
             return
@@ -336,6 +335,7 @@ class Service:
             self._fence = None
             self.scheduler.pause()  # before anything else
             self._set_leading(False)
+            self._beats.lost()
         self.publisher.drop_queued()  # the new leader publishes them
         logger.error("lost the scheduler lease: stopped polling; standing by")
 
@@ -369,7 +369,11 @@ class Service:
             self.scheduler.pause()
             self.lease.release()
             return False
-        self._set_leading(True)
+        with self._stepping_down:
+            if not self.lease.holding():  # lost while we were getting ready
+                self.scheduler.pause()
+                return False
+            self._set_leading(True)
         self.scheduler.resume()
         logger.info(
             "holding the scheduler lease (%s, epoch %d, as %s): polling; %d overdue poll(s) "
