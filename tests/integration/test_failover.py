@@ -225,13 +225,14 @@ def test_a_leader_frozen_past_its_lease_neither_asks_publishes_nor_kills_when_it
     job_body: JobBody,
     events: EventReader,
 ) -> None:
-    """SIGSTOP longer than the lease: a standby takes over, publishes the driver that ended
-    and kills the one that overran; the old leader, woken, finds its lease gone before it acts:
-    no call to Spark, no event, no second kill."""
+    """SIGSTOP longer than the lease: a standby takes over and publishes the driver that ended;
+    the old leader, woken while the other driver still runs (its poll due at once), finds its
+    lease gone before it acts: no call to Spark, no event; only the new leader kills the driver
+    that overran."""
     for slot in replicas:
         slot.env |= {
             "POLLER_LEASE_TTL_S": "6",
-            "POLLER_MAX_TRACKING_S": "16",
+            "POLLER_MAX_TRACKING_S": "25",
             "POLLER_KILL_ON_TIMEOUT": "true",
         }
     a, b, _ = replicas
@@ -251,20 +252,22 @@ def test_a_leader_frozen_past_its_lease_neither_asks_publishes_nor_kills_when_it
     os.kill(pid, signal.SIGSTOP)
     try:
         wait_for(lambda: b.role() == "leader", 30, "the standby to lead")
-        by_key = _one_event_each(events, {"frozen-ends", "frozen-overruns"})
+        [ended] = events.wait_for_keys({"frozen-ends"}, timeout_s=60)["frozen-ends"]
     finally:
+        # Woken while the other driver still runs: its poll is due at once.
         woke_at = time.time()
         os.kill(pid, signal.SIGCONT)
     # Anything it did on waking, it did before it stood down (its scheduler pauses then).
     wait_for(lambda: "lost the scheduler lease" in a.current.logs(), 30, "the woken to yield")
     wait_for(lambda: a.role() == "standby", 30, "the woken leader to stand by")
+    by_key = _one_event_each(events, {"frozen-ends", "frozen-overruns"})
 
     after_waking = [call for call in a.proxy.calls if call.at >= woke_at]
     assert after_waking == [], f"the woken leader asked Spark: {after_waking}"
     kills = [call.driver for call in a.proxy.seen("kill") + b.proxy.seen("kill")]
     assert kills == [overruns], kills
     assert [call.driver for call in b.proxy.seen("kill")] == [overruns]
-    [ended] = by_key["frozen-ends"]
+    assert by_key["frozen-ends"] == [ended]
     [overran] = by_key["frozen-overruns"]
     assert ended.value["state"] == "FINISHED"
     assert ended.value["submission_id"] == ends
