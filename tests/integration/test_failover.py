@@ -319,7 +319,7 @@ def test_a_standby_hands_its_submits_and_cancels_to_the_leader_at_once(
 
 HA_KILLS = 10
 HA_INTERVAL_S = 3.0
-HA_REQUESTS = 30
+HA_REQUESTS = 30  # at least; more while the kills go on
 
 
 @dataclass
@@ -376,7 +376,9 @@ def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
     chaos = threading.Thread(target=killer, name="killer")
     chaos.start()
     try:
-        for i in range(HA_REQUESTS):
+        i = 0
+        while i < HA_REQUESTS or chaos.is_alive():  # requests in flight at every kill
+            i += 1
             kind = rng.choice(["finish"] * 6 + ["fail"] * 2 + ["cancel"] * 2)
             request_id = f"ha-{i:02d}-{kind}"
             job = job_body(seconds=rng.uniform(2, 10), exit_code=int(kind == "fail"))
