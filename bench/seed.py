@@ -19,8 +19,8 @@ from sqlalchemy.engine import Engine
 
 from poller.jobstore import OwnedJobStore
 from poller.models import RequestRow
-from poller.scheduler import JOBS_TABLE
 from poller.service import JOB_FUNC
+from poller.shards import JOBS_TABLE
 from poller.store import RequestStore
 
 CHUNK = 5000

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poller.errors import (
+    ConfigMismatch,
     InvalidRequest,
     LeaseLost,
     PollerError,
@@ -72,6 +73,7 @@ ERROR_STATUS: list[tuple[type[PollerError], int]] = [
     (StoreUnavailable, 503),
     (PublishFailed, 503),
     (LeaseLost, 503),
+    (ConfigMismatch, 503),
 ]
 
 
@@ -334,7 +336,8 @@ async def readyz(request: Request) -> JSONResponse:
     """200 when the database, the Kafka broker and the scheduler all work; 503 says which not.
 
     ``role`` is ``leader`` in the process that holds the scheduler lease and polls, ``standby`` in
-    one that serves the API and waits for the lease; ``replica`` names this process."""
+    one that serves the API and waits for the lease; ``replica`` names this process, ``shards``
+    lists the shards it polls."""
     svc = get_service(request)
     checks = svc.readiness()
     ready = all(value == "ok" for value in checks.values())
@@ -343,6 +346,7 @@ async def readyz(request: Request) -> JSONResponse:
             "status": "ready" if ready else "not ready",
             "role": svc.role,
             "replica": svc.replica,
+            "shards": svc.shards_held(),
             "checks": checks,
         },
         status_code=200 if ready else 503,

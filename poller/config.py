@@ -331,6 +331,12 @@ class Settings(BaseSettings):
         "loses it after this long, and a standby takes over",
     )
 
+    shards: Annotated[int, Field(ge=1, le=256)] = Field(
+        1,
+        description="PostgreSQL: slices of the requests, each polled by one replica at a time "
+        "(its own job table and lease); replicas share them, so capacity grows with replicas. "
+        "Fixed once requests are stored: a start with another count is refused",
+    )
     replica_id: str | None = Field(
         None,
         min_length=1,
@@ -449,6 +455,15 @@ class Settings(BaseSettings):
             if not re.match(CLUSTER_NAME_PATTERN, name):
                 raise ValueError(f"POLLER_CLUSTERS: bad cluster name {name!r}")
         return value
+
+    @model_validator(mode="after")
+    def _shards_need_postgresql(self) -> Self:
+        if self.shards > 1 and not self.database_url.get_secret_value().startswith("postgresql"):
+            raise ValueError(
+                "POLLER_SHARDS: more than one shard needs PostgreSQL (several replicas polling "
+                "one store); SQLite is one process"
+            )
+        return self
 
     @model_validator(mode="after")
     def _add_default_cluster(self) -> Self:

@@ -13,6 +13,7 @@ PollerError
 |   +-- SchemaMismatch    its schema is not this version's (behind or ahead): not transient
 +-- PublishFailed         Kafka did not confirm the event (transient)
 +-- LeaseLost             another process leads now: its decision, not ours
++-- ConfigMismatch        the configuration contradicts what the store holds (start refused)
 """
 
 from __future__ import annotations
@@ -99,3 +100,8 @@ class PublishFailed(PollerError):
 class LeaseLost(PollerError):
     """This process no longer holds the scheduler lease: whatever it was about to decide for
     the leader is left to the one that holds it now."""
+
+
+class ConfigMismatch(PollerError):
+    """The configuration contradicts what the store holds (a changed shard count with requests
+    in flight): the start is refused rather than the requests mislaid."""

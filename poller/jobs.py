@@ -423,8 +423,9 @@ class Jobs:
                 return current
             time.sleep(KILL_CONFIRM_STEP_S)
 
-    def recover_submissions(self) -> int:
-        """Resolve submissions a dead (or stuck) submit call left in SUBMITTING.
+    def recover_submissions(self, shards: set[int] | None = None) -> int:
+        """Resolve submissions a dead (or stuck) submit call left in SUBMITTING, of ``shards``
+        (None: all; each shard's leader resolves its own).
 
         Only those older than any submit call can last: a younger one may belong to a live
         process (a standby serves submits too) whose create call Spark is still answering."""
@@ -434,6 +435,8 @@ class Jobs:
             ours = self._to_record.keys() | self._to_forget | self._submitting
         for record in self.store.submitting_since(cutoff):
             if record.request_id in ours:  # this process is still at it, or writing its outcome
+                continue
+            if shards is not None and self.scheduler.shard_of(record.request_id) not in shards:
                 continue
             recovered += 1
             if record.submission_id is not None:  # an adoption: the driver is known, poll it

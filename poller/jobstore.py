@@ -50,10 +50,19 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
     """Jobs in memory while this process owns the store; rows kept for restarts and standbys."""
 
     def __init__(
-        self, engine: Engine, tablename: str, sync_interval_s: float = SYNC_INTERVAL_S
+        self,
+        engine: Engine,
+        tablename: str,
+        sync_interval_s: float = SYNC_INTERVAL_S,
+        channel: str = CHANNEL,
+        only_owned: bool = False,
     ) -> None:
+        """``only_owned``: unowned, hand the scheduler nothing to run (one of several shards,
+        another process runs it); otherwise unowned is the stock table-backed store."""
         super().__init__(engine=engine, tablename=tablename)
         self.sync_interval_s = sync_interval_s
+        self.channel = channel
+        self.only_owned = only_owned
         self.notifies = engine.dialect.name == "postgresql"
         self.rescan_s = RESCAN_S if self.notifies else sync_interval_s
         # Guards everything below; held across a write-through so memory and rows agree.
@@ -134,7 +143,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
     def get_due_jobs(self, now: datetime) -> list[Job]:
         with self._lock:
             if not self._owned:
-                return list(super().get_due_jobs(now))
+                return [] if self.only_owned else list(super().get_due_jobs(now))
             limit = datetime_to_utc_timestamp(now)
             popped: dict[str, float] = {}
             heap = self._heap
@@ -150,7 +159,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
     def get_next_run_time(self) -> datetime | None:
         with self._lock:
             if not self._owned:
-                return super().get_next_run_time()  # type: ignore[no-any-return]
+                return None if self.only_owned else super().get_next_run_time()
             heap = self._heap
             while heap and self._times.get(heap[0][1]) != heap[0][0]:
                 heapq.heappop(heap)
@@ -245,7 +254,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
     def _notify(self, conn: Connection, what: str, job_id: str) -> None:
         """Tell the owner (on commit of ``conn``'s transaction, if it commits)."""
         if self.notifies:
-            conn.execute(select(func.pg_notify(CHANNEL, f"{what}:{job_id}")))
+            conn.execute(select(func.pg_notify(self.channel, f"{what}:{job_id}")))
 
     def changed(self, job_id: str) -> None:
         """A job's request changed in this process (a cancel through a standby): the owner
@@ -287,7 +296,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         """Next run of each given job that has one, from memory; None when not owned."""
         with self._lock:
             if not self._owned:
-                return None
+                return None if self.only_owned else super().get_next_run_time()
             return {
                 job_id: utc_timestamp_to_datetime(stamp)
                 for job_id in job_ids
@@ -298,7 +307,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         """(jobs held, earliest next run) from memory; None when not owned."""
         with self._lock:
             if not self._owned:
-                return None
+                return None if self.only_owned else super().get_next_run_time()
             earliest = self.get_next_run_time()
             return len(self._jobs), earliest
 
@@ -401,6 +410,11 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         if self._last_failure.get(step, float("-inf")) + FAILURE_REPEAT_S <= now:
             self._last_failure[step] = now
             logger.warning("job store: %s failed, retrying: %s", step, type(exc).__name__)
+
+
+def jobs_channel(shard: int) -> str:
+    """The NOTIFY channel of ``shard``'s job store."""
+    return CHANNEL if shard == 0 else f"{CHANNEL}_{shard}"
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

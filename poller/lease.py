@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 # First half of every advisory lock key we take: the other half is the shard.
 ADVISORY_NAMESPACE = zlib.crc32(b"spark-poller scheduler lease") - 2**31
+MEMBERS_NAMESPACE = zlib.crc32(b"spark-poller replicas") - 2**31
 CHECK_S = 2.0  # how often the holder confirms its advisory lock
 KEEPER_STEP_S = 0.5  # how long the keeper waits on the socket between looks at its stop
 KEEPER_JOIN_S = 6.0  # longer than one check can take (every round trip is bounded)
@@ -342,15 +343,63 @@ def _readable(fd: int | None, timeout_s: float) -> bool:
     return bool(ready)
 
 
+class Membership:
+    """Which replicas are up, for sharing the shards fairly: each holds a shared advisory lock
+    (``MEMBERS_NAMESPACE``, 0) on a session of its own, which dies with the process, and with a
+    frozen one after ``ttl_s`` (the session's idle limit; :meth:`keep`, called every beat,
+    keeps it alive). Who holds it is read from ``pg_locks`` by the caller."""
+
+    def __init__(self, engine: Engine, ttl_s: float | None = None) -> None:
+        self.engine = engine
+        self.ttl_s = ttl_s
+        self._conn: Connection | None = None
+
+    def keep(self) -> None:
+        """Be counted (joining first if this process is not in yet, or its session ended)."""
+        try:
+            if self._conn is None:
+                self._conn = self._join()
+            self._conn.execute(text("SELECT 1"))
+            self._conn.commit()
+        except SQLAlchemyError as exc:
+            self.leave()
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    def _join(self) -> Connection:
+        conn = self.engine.connect()
+        try:
+            if self.ttl_s is not None:
+                with conn.begin_nested():
+                    conn.execute(
+                        text("SELECT set_config('idle_session_timeout', :ms, false)"),
+                        {"ms": f"{int(self.ttl_s * 1000)}ms"},
+                    )
+            conn.execute(text("SELECT pg_advisory_lock_shared(:a, 0)"), {"a": MEMBERS_NAMESPACE})
+            conn.commit()
+        except SQLAlchemyError:
+            _discard(conn)
+            raise
+        return conn
+
+    def leave(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _discard(conn)
+
+
 def lease_for(
-    url: str, engine: Engine, ttl_s: float | None = None, channel: str | None = None
+    url: str,
+    engine: Engine,
+    ttl_s: float | None = None,
+    channel: str | None = None,
+    shard: int = 0,
 ) -> Lease:
-    """The lease that guards the store at ``url`` (PostgreSQL: held through ``engine``, lost
-    after ``ttl_s`` without a check, listening on ``channel``)."""
+    """The lease that guards ``shard`` of the store at ``url`` (PostgreSQL: held through
+    ``engine``, lost after ``ttl_s`` without a check, listening on ``channel``)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if not database or database == ":memory:" or database.startswith("file::memory:"):
             return LocalLease()
         return FileLease(Path(f"{os.path.abspath(database)}.lease"))
-    return AdvisoryLease(engine, ttl_s=ttl_s, channel=channel)
+    return AdvisoryLease(engine, shard, ttl_s=ttl_s, channel=channel)

@@ -96,7 +96,8 @@ SCHEDULER_LAG_SECONDS = Histogram(
 )
 LEASE_HELD = Gauge(
     PREFIX + "scheduler_lease_held",
-    "1 while this process holds the scheduler lease and polls, else 0.",
+    "1 while this process holds the scheduler lease of the shard and polls it, else 0.",
+    ["shard"],
 )
 LEASE_CHANGES = Counter(
     PREFIX + "lease_changes",

@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 ASKING_SPARK = (Phase.POLLING, Phase.CANCELLING)
 
 RemoveJob = Callable[[str], None]
-# The leader's fence while this process holds the lease and knows it, else None.
-CurrentFence = Callable[[], Fence | None]
+# The fence of a request's shard while this process leads it and knows so, else None.
+CurrentFence = Callable[[str], Fence | None]
 
 
 def _run_cluster() -> str:
@@ -159,7 +159,7 @@ class Poller:
         try:
             fence = None
             if self.current_fence is not None:
-                fence = self.current_fence()
+                fence = self.current_fence(request_id)
                 if fence is None:
                     POLLS.labels("", "skipped").inc()
                     return
@@ -199,16 +199,16 @@ class Poller:
         if record.phase in ASKING_SPARK:
             record = self._check_spark(record, fence)
         if record.phase == Phase.PUBLISHING:
-            self._still_leading(fence)
+            self._still_leading(record.request_id, fence)
             self.outbox.offer(record)
         if record.phase == Phase.DONE:
             self.remove_job(request_id)
         return record
 
-    def _still_leading(self, fence: Fence | None) -> None:
+    def _still_leading(self, request_id: str, fence: Fence | None) -> None:
         """Raise LeaseLost unless ``fence`` is None (not a scheduled run) or still current."""
         current = self.current_fence
-        if fence is not None and current is not None and current() != fence:
+        if fence is not None and current is not None and current(request_id) != fence:
             raise LeaseLost("this process no longer holds the scheduler lease")
 
     def _check_spark(self, record: JobRecord, fence: Fence | None) -> JobRecord:
@@ -216,7 +216,7 @@ class Poller:
         source = self.sources.get(record.cluster)
         if source is None:  # recorded by a process configured otherwise (a rolling update)
             raise UnknownCluster(f"cluster {record.cluster!r} is not configured in this process")
-        self._still_leading(fence)  # the lease may have gone since the run began
+        self._still_leading(record.request_id, fence)  # the lease may be gone since
         try:
             # A kill is confirmed by Spark's answer now, not by the next cluster view.
             status = source.status(
@@ -319,7 +319,7 @@ class Poller:
         """Kill an overdue driver: only a leader whose lease nobody has taken since (asked of
         the database just before), so two processes never both kill it."""
         assert record.submission_id is not None
-        self._still_leading(fence)
+        self._still_leading(record.request_id, fence)
         if fence is not None and not self.store.fence_holds(fence):
             raise LeaseLost("the scheduler lease was taken by another process")
         try:

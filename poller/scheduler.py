@@ -1,4 +1,5 @@
-"""The APScheduler 3 scheduler: one interval job per request_id in a SQLAlchemy job store."""
+"""The APScheduler 3 scheduler: one interval job per request_id, in its shard's SQLAlchemy job
+store."""
 
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import StoreUnavailable
-from poller.jobstore import OwnedJobStore
+from poller.jobstore import OwnedJobStore, jobs_channel
 from poller.metrics import SCHEDULER_LAG_SECONDS
+from poller.shards import jobs_table, shard_of
 
 logger = logging.getLogger(__name__)
 
-JOBS_TABLE = "apscheduler_jobs"
 STORE_RETRY_S = 2.0
 MAX_WAIT_S = 1.0
 
@@ -120,14 +121,23 @@ class JobWrite:
 
 
 class PollScheduler:
-    """Owns the scheduler; the rest of the service speaks only of request ids."""
+    """Owns the scheduler and one job store per shard; the rest of the service speaks only of
+    request ids (and, to lead, of shards)."""
 
-    def __init__(self, engine: Engine, job_func: str, interval_s: float, threads: int) -> None:
+    def __init__(
+        self, engine: Engine, job_func: str, interval_s: float, threads: int, shards: int = 1
+    ) -> None:
         self.job_func = job_func
         self.interval_s = interval_s
-        self.jobstore = OwnedJobStore(engine, JOBS_TABLE)
+        self.shards = shards
+        self.stores = [
+            OwnedJobStore(
+                engine, jobs_table(shard), channel=jobs_channel(shard), only_owned=shards > 1
+            )
+            for shard in range(shards)
+        ]
         self.scheduler = ResilientScheduler(
-            jobstores={"default": self.jobstore},
+            jobstores={_alias(shard): store for shard, store in enumerate(self.stores)},
             executors={"default": TimedPoolExecutor(max_workers=threads)},
             job_defaults={
                 "max_instances": 1,
@@ -139,6 +149,21 @@ class PollScheduler:
             jobstore_retry_interval=STORE_RETRY_S,
         )
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+
+    @property
+    def jobstore(self) -> OwnedJobStore:
+        """Shard 0's job store (the only one of a store without shards)."""
+        return self.stores[0]
+
+    def shard_of(self, request_id: str) -> int:
+        return shard_of(request_id, self.shards)
+
+    def _store_of(self, request_id: str) -> tuple[str, OwnedJobStore]:
+        shard = self.shard_of(request_id)
+        return _alias(shard), self.stores[shard]
+
+    def _chosen(self, shard: int | None) -> list[OwnedJobStore]:
+        return self.stores if shard is None else [self.stores[shard]]
 
     @staticmethod
     def _on_job_event(event: JobExecutionEvent) -> None:
@@ -161,23 +186,49 @@ class PollScheduler:
         """Start paused, so the caller can reconcile before any job runs, then :meth:`resume`."""
         self.scheduler.start(paused=True)
 
-    def lead(self) -> int:
-        """This process owns the job store now: hold every job in memory (still paused);
-        returns how many jobs there are."""
+    def lead(self, shard: int | None = None) -> int:
+        """This process owns the job store of ``shard`` (None: every shard) now: hold its jobs
+        in memory; returns how many there are. Runs start once :meth:`resume` is called."""
         try:
-            return self.jobstore.own()
+            return sum(store.own() for store in self._chosen(shard))
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     def resume(self) -> None:
         self.scheduler.resume()
+        self.scheduler.wakeup()
 
     def pause(self) -> None:
         """No new runs from now on (runs already handed to a thread finish), and no more
-        writes of run times: another process may own the job store from now on."""
+        writes of run times: another process may own every job store from now on."""
         if self.scheduler.state != STATE_STOPPED:
             self.scheduler.pause()
-        self.jobstore.disown()
+        for store in self.stores:
+            store.disown()
+
+    def hand_over(self, shard: int) -> None:
+        """Stop running the jobs of ``shard`` and write their next run times, so that the
+        process taking it next runs each on time; the other shards go on."""
+        store = self.stores[shard]
+        with self.scheduler._jobstores_lock:  # not while a pass over due jobs is at it
+            try:
+                store.save_times()
+            except SQLAlchemyError as exc:
+                logger.warning(
+                    "next run times of shard %d not saved at hand-over: %s",
+                    shard,
+                    type(exc).__name__,
+                )
+            store.disown()
+
+    def drop(self, shard: int) -> None:
+        """Stop running the jobs of ``shard`` at once and write nothing more for it: another
+        process may own it now (its lease was lost). The other shards go on."""
+        self.stores[shard].disown()
+
+    def owned(self) -> list[int]:
+        """The shards whose jobs this process runs."""
+        return [shard for shard, store in enumerate(self.stores) if store.owned]
 
     def alive(self) -> bool:
         thread = getattr(self.scheduler, "_thread", None)
@@ -194,6 +245,7 @@ class PollScheduler:
         Yields the write to make in that transaction; once the block ends without error (the
         transaction committed), a job that was written is scheduled. One commit makes both the
         request and its job durable."""
+        alias, store = self._store_of(request_id)
         job = Job(
             self.scheduler,
             id=request_id,
@@ -208,15 +260,16 @@ class PollScheduler:
             misfire_grace_time=None,
             next_run_time=first_run_at or datetime.now(UTC) + timedelta(seconds=self.interval_s),
         )
-        job._jobstore_alias = "default"
-        write = JobWrite(self.jobstore, job)
+        job._jobstore_alias = alias
+        write = JobWrite(store, job)
         yield write
         if write.written:
-            self.jobstore.hold(job)
+            store.hold(job)
             self.scheduler.wakeup()
 
     def add(self, request_id: str, first_run_at: datetime | None = None) -> bool:
         """Register the poll job of ``request_id``; False if it already exists."""
+        alias, _ = self._store_of(request_id)
         try:
             self.scheduler.add_job(
                 self.job_func,
@@ -225,6 +278,7 @@ class PollScheduler:
                 args=(request_id,),
                 id=request_id,
                 name=f"poll {request_id}",
+                jobstore=alias,
                 next_run_time=first_run_at
                 or datetime.now(UTC) + timedelta(seconds=self.interval_s),
             )
@@ -236,8 +290,9 @@ class PollScheduler:
             ) from exc
         return True
 
-    def spread_overdue(self, window_s: float) -> int:
-        """Move every overdue job to a run time within the next ``window_s``; returns how many.
+    def spread_overdue(self, window_s: float, shard: int | None = None) -> int:
+        """Move every overdue job (of ``shard``, None: every owned one) to a run time within the
+        next ``window_s``; returns how many.
 
         Called before the scheduler resumes after downtime. APScheduler 3 would otherwise build
         every missed run time of each overdue job (a day at 1 s is 86,400 per job) under its
@@ -248,28 +303,33 @@ class PollScheduler:
         its new time not yet written (times are saved a second later): it runs one interval
         after the stored time, never twice in one interval."""
         now = datetime.now(UTC)
-        overdue = self.jobstore.get_due_jobs(now)
         interval = timedelta(seconds=self.interval_s)
-        for job in overdue:
-            if job.next_run_time is not None and now - job.next_run_time < interval:
-                at = job.next_run_time + interval
-            else:
-                at = now + timedelta(seconds=random.uniform(0, window_s))
-            job._modify(next_run_time=at)
-            self.jobstore.update_job(job)
-        return len(overdue)
+        moved = 0
+        for store in self._chosen(shard):
+            overdue = store.get_due_jobs(now)
+            for job in overdue:
+                if job.next_run_time is not None and now - job.next_run_time < interval:
+                    at = job.next_run_time + interval
+                else:
+                    at = now + timedelta(seconds=random.uniform(0, window_s))
+                job._modify(next_run_time=at)
+                store.update_job(job)
+            moved += len(overdue)
+        return moved
 
-    def notified(self, payloads: list[str]) -> None:
-        """Other processes added or changed jobs (NOTIFY payloads): load or wake them now."""
-        woken = self.jobstore.notified(payloads)
+    def notified(self, payloads: list[str], shard: int = 0) -> None:
+        """Other processes added or changed jobs of ``shard`` (NOTIFY payloads): load or wake
+        them now."""
+        woken = self.stores[shard].notified(payloads)
         self.wake(woken)
         self.scheduler.wakeup()
 
     def changed(self, request_id: str) -> None:
         """A request changed here and its job must run now where it is owned (a standby's
         cancel): tell the owner; nothing to do when this process owns it."""
+        _, store = self._store_of(request_id)
         try:
-            self.jobstore.changed(request_id)
+            store.changed(request_id)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
@@ -280,64 +340,93 @@ class PollScheduler:
         that are done (reconcile), and a stop never waits on the job store."""
         if self.scheduler.state == STATE_STOPPED:
             return
+        alias, _ = self._store_of(request_id)
         with contextlib.suppress(JobLookupError):
-            self.scheduler.remove_job(request_id)
+            self.scheduler.remove_job(request_id, jobstore=alias)
 
     def wake(self, request_ids: list[str]) -> None:
-        """Run the poll jobs of ``request_ids`` now rather than at their next turn."""
+        """Run the poll jobs of ``request_ids`` now rather than at their next turn (those of
+        shards this process runs)."""
         now = datetime.now(UTC)
         for request_id in request_ids:
+            alias, store = self._store_of(request_id)
+            if not store.owned:
+                continue
             with contextlib.suppress(JobLookupError):
-                self.scheduler.modify_job(request_id, next_run_time=now)
+                self.scheduler.modify_job(request_id, jobstore=alias, next_run_time=now)
 
     def remove_many(self, request_ids: list[str]) -> None:
-        """Remove the poll jobs of ``request_ids`` in one transaction (see :meth:`remove`)."""
+        """Remove the poll jobs of ``request_ids``, one transaction per shard (see
+        :meth:`remove`)."""
         if self.scheduler.state == STATE_STOPPED or not request_ids:
             return
+        by_shard: dict[int, list[str]] = {}
+        for request_id in request_ids:
+            by_shard.setdefault(self.shard_of(request_id), []).append(request_id)
         try:
-            self.scheduler.remove_jobs(request_ids, self.jobstore)
+            for shard, ids in sorted(by_shard.items()):
+                self.scheduler.remove_jobs(ids, self.stores[shard])
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
-    def job_ids(self) -> set[str]:
+    def job_ids(self, shard: int | None = None) -> set[str]:
         """Ids of every loadable stored job (APScheduler deletes rows it cannot unpickle)."""
-        return {job.id for job in self.jobstore.get_all_jobs()}
+        return {job.id for store in self._chosen(shard) for job in store.get_all_jobs()}
 
-    def stored_ids(self) -> set[str]:
-        """Ids of every stored job row, read straight from the table (cheap; no unpickling)."""
-        table = self.jobstore.jobs_t
+    def stored_ids(self, shard: int | None = None) -> set[str]:
+        """Ids of every stored job row, read straight from the tables (cheap; no unpickling)."""
+        ids: set[str] = set()
         try:
             with self.jobstore.engine.connect() as conn:
-                return set(conn.scalars(select(table.c.id)))
+                for store in self._chosen(shard):
+                    ids.update(conn.scalars(select(store.jobs_t.c.id)))
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        return ids
 
     def store_stats(self) -> tuple[int, datetime | None]:
         """How many jobs the store holds, and the earliest next run time among them."""
-        held = self.jobstore.stats()
-        if held is not None:
-            return held
-        table = self.jobstore.jobs_t
+        count = 0
+        earliest: datetime | None = None
+        for store in self.stores:
+            held = store.stats()
+            if held is None:
+                held = self._table_stats(store)
+            count += held[0]
+            if held[1] is not None and (earliest is None or held[1] < earliest):
+                earliest = held[1]
+        return count, earliest
+
+    @staticmethod
+    def _table_stats(store: OwnedJobStore) -> tuple[int, datetime | None]:
+        table = store.jobs_t
         query = select(func.count(), func.min(table.c.next_run_time))
         try:
-            with self.jobstore.engine.connect() as conn:
+            with store.engine.connect() as conn:
                 count, earliest = conn.execute(query).one()
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         return int(count), None if earliest is None else datetime.fromtimestamp(earliest, UTC)
 
     def next_run_times(self, request_ids: Iterable[str]) -> dict[str, datetime]:
-        """Next poll time of each given request that has a job, read from the job table."""
-        ids = list(request_ids)
-        if not ids:
-            return {}
-        held = self.jobstore.next_run_times(ids)
-        if held is not None:
-            return held
-        table = self.jobstore.jobs_t
+        """Next poll time of each given request that has a job, from memory for the shards this
+        process runs, else from their tables."""
+        by_shard: dict[int, list[str]] = {}
+        for request_id in request_ids:
+            by_shard.setdefault(self.shard_of(request_id), []).append(request_id)
+        found: dict[str, datetime] = {}
+        for shard, ids in by_shard.items():
+            store = self.stores[shard]
+            held = store.next_run_times(ids)
+            found.update(held if held is not None else self._table_times(store, ids))
+        return found
+
+    @staticmethod
+    def _table_times(store: OwnedJobStore, ids: list[str]) -> dict[str, datetime]:
+        table = store.jobs_t
         query = select(table.c.id, table.c.next_run_time).where(table.c.id.in_(ids))
         try:
-            with self.jobstore.engine.connect() as conn:
+            with store.engine.connect() as conn:
                 rows: list[Any] = list(conn.execute(query))
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
@@ -346,3 +435,8 @@ class PollScheduler:
             for row in rows
             if row.next_run_time is not None
         }
+
+
+def _alias(shard: int) -> str:
+    """APScheduler's name of a shard's job store (shard 0 keeps the stock name)."""
+    return "default" if shard == 0 else f"shard-{shard}"

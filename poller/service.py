@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from poller import polling
 from poller.config import Settings
 from poller.db import create_db_engine
-from poller.errors import (
-    PollerError,
-)
+from poller.errors import ConfigMismatch, PollerError
 from poller.events import EventPublisher, producer_config
 from poller.health import HealthMonitor
 from poller.jobs import Jobs
-from poller.jobstore import CHANNEL
-from poller.lease import lease_for
+from poller.jobstore import jobs_channel
+from poller.leadership import Leadership, ShardLead
+from poller.lease import Membership, lease_for
 from poller.master_view import MasterView
 from poller.metrics import LEASE_CHANGES, LEASE_HELD, OPEN_PHASES, STORE, StoreSnapshot
 from poller.outbox import Outbox
@@ -42,7 +43,6 @@ FAILURE_REPEAT_S = 60.0
 PENDING_WRITES_FLUSH_S = 5.0
 LEASE_RETRY_S = 1.0
 LEASE_CHECK_S = 2.0
-SHARD = 0  # one lease for the whole store (shards take one each)
 RECOVERY_STEP_S = 5.0
 HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_STALE_AFTER_S = 15.0
@@ -57,13 +57,15 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        # Its sessions' application_name: pg_stat_activity, and the shards' holders, by replica.
+        self.session_name = f"spark-poller {self.replica}"[:63]
         # Every thread that may use the database at once: poll runs, API handlers, and ours
         # (lease, outbox, health, watchdog, scheduler loop).
         self.engine = create_db_engine(
             settings.database_url.get_secret_value(),
             pool_size=settings.scheduler_threads + settings.api_threads + 5,
             timeout_s=settings.database_timeout_s,
-            application_name=f"spark-poller {self.replica}",
+            application_name=self.session_name,
         )
         self.store = RequestStore(self.engine)
         self.clusters = {
@@ -84,7 +86,11 @@ class Service:
             self.replica,
         )
         self.scheduler = PollScheduler(
-            self.engine, JOB_FUNC, settings.poll_interval_seconds, settings.scheduler_threads
+            self.engine,
+            JOB_FUNC,
+            settings.poll_interval_seconds,
+            settings.scheduler_threads,
+            settings.shards,
         )
         policy = PollPolicy(
             lost_after_unknown_polls=settings.lost_after_unknown_polls,
@@ -124,14 +130,23 @@ class Service:
         self.jobs = Jobs(
             settings, self.store, self.clusters, self.scheduler, self.poller, self.outbox
         )
-        self.lease = lease_for(
-            settings.database_url.get_secret_value(),
-            self.engine,
-            settings.lease_ttl_s,
-            channel=CHANNEL,
+        url = settings.database_url.get_secret_value()
+        leases = []
+        for shard in range(settings.shards):
+            lease = lease_for(
+                url, self.engine, settings.lease_ttl_s, channel=jobs_channel(shard), shard=shard
+            )
+            lease.on_notify = functools.partial(self.scheduler.notified, shard=shard)
+            lease.on_lost = functools.partial(self._lease_lost, shard)
+            leases.append(lease)
+        shared = self.engine.dialect.name == "postgresql"
+        self.leadership = Leadership(
+            leases,
+            self.engine if shared else None,
+            Membership(self.engine, settings.lease_ttl_s) if shared else None,
+            me=self.session_name,
+            offset=zlib.crc32(self.replica.encode()) % settings.shards,
         )
-        self.lease.on_notify = self.scheduler.notified
-        self.lease.on_lost = self._lease_lost
         self.health = HealthMonitor(
             {"database": self._check_database, "kafka": self.publisher.problem},
             period_s=HEALTH_CHECK_PERIOD_S,
@@ -146,9 +161,9 @@ class Service:
         self.on_fatal: Callable[[str], None] | None = None
         self._stopping = threading.Event()
         self._activated = threading.Event()
-        self._leading = threading.Event()
-        self._fence: Fence | None = None
         self._stepping_down = threading.Lock()
+        for shard in range(settings.shards):  # a shard nobody holds shows as 0 everywhere
+            LEASE_HELD.labels(str(shard)).set(0)
         self._watchdog: threading.Thread | None = None
         self._beats = _Beats()
         self.heartbeat = time.monotonic()
@@ -161,6 +176,7 @@ class Service:
         From here the API records requests and their poll jobs, but nothing is recovered or polled
         until :meth:`activate` has been called and this process holds the scheduler lease."""
         self.store.create_schema(auto_migrate=self.settings.auto_migrate)
+        self._check_shards()
         polling.install(self.poller)
         self.outbox.start()
         self.scheduler.start()
@@ -175,21 +191,35 @@ class Service:
             self.settings.kafka_topic,
         )
 
+    def _check_shards(self) -> None:
+        """Requests in flight were placed in shards by the count their leases were taken with:
+        another count would look for them in the wrong job tables."""
+        wanted = self.settings.shards
+        before = self.store.shard_counts() - {wanted}
+        if before and self.store.active_ids():
+            raise ConfigMismatch(
+                f"POLLER_SHARDS is {wanted}, but requests in flight were placed in "
+                f"{', '.join(map(str, sorted(before)))} shard(s): start with that count until "
+                "they are done"
+            )
+
     def activate(self) -> None:
         """The HTTP socket is bound: from now on the watchdog competes for the scheduler lease."""
         self._activated.set()
 
     @property
     def role(self) -> str:
-        return "leader" if self._leading.is_set() else "standby"
+        """ "leader" while this process leads any shard, else "standby"."""
+        return "leader" if self.leadership.held() else "standby"
 
-    def fence(self) -> Fence | None:
-        """The fence of this process's decisions as leader: None unless it holds the lease and
-        knows so now (a process that woke from a freeze longer than the lease does not)."""
-        fence = self._fence
-        if fence is None or not self._leading.is_set() or not self.lease.valid():
-            return None
-        return fence
+    def shards_held(self) -> list[int]:
+        return self.leadership.held()
+
+    def fence(self, request_id: str) -> Fence | None:
+        """The fence of this process's decisions about ``request_id``: None unless it leads the
+        request's shard and knows so now (a process that woke from a freeze longer than the
+        lease does not)."""
+        return self.leadership.fence(self.scheduler.shard_of(request_id))
 
     def stop(self) -> None:
         """Let running polls finish, flush the producer, release the lease and connections."""
@@ -217,8 +247,9 @@ class Service:
         self.publisher.close()  # flushes: the reports of events still on their way arrive
         self.outbox.stop()
         polling.install(None)
-        self.lease.release()
-        self._set_leading(False)
+        for lead in self.leadership.leads:
+            self._set_leading(lead, False)
+        self.leadership.release_all()  # hands every shard over: the others take them at once
         for client in self.clusters.values():
             client.close()
         for source in self.sources.values():
@@ -226,15 +257,17 @@ class Service:
         self.engine.dispose()
         logger.info("service stopped")
 
-    def reconcile(self, load_jobs: bool = False) -> tuple[int, int]:
-        """Make poll jobs match our records: re-create missing ones, drop orphans.
+    def reconcile(self, shard: int = 0, load_jobs: bool = False) -> tuple[int, int]:
+        """Make the poll jobs of ``shard`` match our records: re-create missing ones, drop
+        orphans.
 
         ``load_jobs`` compares the jobs held in memory (taking the lead loaded them, dropping rows
         that would not unpickle), which start-up wants; the periodic check reads the table's ids.
         Jobs are read before records so a request finishing in between is never given a fresh job.
         """
-        jobs = self.scheduler.job_ids() if load_jobs else self.scheduler.stored_ids()
-        active = self.store.active_ids()
+        scheduler = self.scheduler
+        jobs = scheduler.job_ids(shard) if load_jobs else scheduler.stored_ids(shard)
+        active = {rid for rid in self.store.active_ids() if scheduler.shard_of(rid) == shard}
         missing = active - jobs
         orphans = jobs - active
         now = datetime.now(UTC)
@@ -294,59 +327,86 @@ class Service:
             self.jobs.retry_pending_writes()
         if not self._activated.is_set():
             return
-        if not self._leading.is_set():
-            if now < beats.next_lease_try:
-                return
+        leadership = self.leadership
+        for lead in leadership.leads:
+            if lead.leading.is_set() and not lead.lease.holding():
+                self._step_down(lead)
+        if now >= beats.next_lease_try:
             beats.next_lease_try = now + LEASE_RETRY_S
-            if not self.lease.try_acquire():
-                beats.standing_by(self.lease.description)
-                return
-            if self._lead():
-                beats.led(now, self.settings.reconcile_interval_s)
-            return
-        if now >= beats.next_lease_check:
-            beats.next_lease_check = now + LEASE_CHECK_S
-            try:
-                held = self.lease.holding()
-            except Exception:
-                held = False
-            if not held:
-                self._step_down()
-                return
-        if self.fence() is None:  # not confirmed lately (a freeze, a slow check): decide nothing
+            plan = leadership.plan()
+            if plan.give is not None:
+                self._hand_over(leadership.leads[plan.give])
+            for shard in plan.take:
+                lead = leadership.leads[shard]
+                if lead.lease.try_acquire() and self._lead(lead):
+                    beats.led(now, self.settings.reconcile_interval_s)
+            if not leadership.held():
+                beats.standing_by(leadership.leads[0].lease.description)
+        held = [lead for lead in leadership.leads if lead.current() is not None]
+        if not held:  # none, or none confirmed lately (a freeze, a slow check): decide nothing
             return
         if now >= beats.next_recovery:
             beats.next_recovery = now + RECOVERY_STEP_S
-            self.jobs.recover_submissions()
+            self.jobs.recover_submissions(self._held_shards())
         if now >= beats.next_reconcile:
             beats.next_reconcile = now + self.settings.reconcile_interval_s
-            self.reconcile()
+            for lead in held:
+                self.reconcile(lead.shard)
 
-    def _lease_lost(self) -> None:
-        """The lease keeper saw the lease go (the session ended): stop at once, not at the
-        watchdog's next beat."""
-        self._step_down()
+    def _held_shards(self) -> set[int]:
+        return {lead.shard for lead in self.leadership.leads if lead.current() is not None}
 
-    def _step_down(self) -> None:
-        """No more runs, decisions or events from this process: another may lead now."""
+    def _lease_lost(self, shard: int) -> None:
+        """A lease keeper saw its lease go (the session ended): stop that shard at once, not at
+        the watchdog's next beat."""
+        self._step_down(self.leadership.leads[shard])
+
+    def _step_down(self, lead: ShardLead) -> None:
+        """No more runs, decisions or events for the shard: another process may lead it now."""
         with self._stepping_down:
-            if not self._leading.is_set():
+            if not lead.leading.is_set():
                 return
-            self._fence = None
-            self.scheduler.pause()  # before anything else
-            self._set_leading(False)
-            self._beats.lost()
+            lead.fence = None
+            self._set_leading(lead, False)
+            self.scheduler.drop(lead.shard)  # before anything else
+            if not self.leadership.held():
+                self.scheduler.pause()
+                self._beats.lost()
         self.publisher.drop_queued()  # the new leader publishes them
-        logger.error("lost the scheduler lease: stopped polling; standing by")
+        logger.error(
+            "lost the scheduler lease of shard %d: stopped polling it; %s",
+            lead.shard,
+            f"still leading {self.leadership.held()}" if self.leadership.held() else "standing by",
+        )
 
-    def _lead(self) -> bool:
-        """This process just took the lease: repair the store, then start polling."""
+    def _hand_over(self, lead: ShardLead) -> None:
+        """Give a shard up on purpose (another replica joined): its runs stop, its next run
+        times are written, then its lease goes, and a replica below its share takes it."""
+        with self._stepping_down:
+            if not lead.leading.is_set():
+                return
+            lead.fence = None
+            self._set_leading(lead, False)
+            self.scheduler.hand_over(lead.shard)
+            if not self.leadership.held():
+                self.scheduler.pause()
+        lead.lease.release()
+        logger.info("handed shard %d over (its fair share for another replica)", lead.shard)
+
+    def _lead(self, lead: ShardLead) -> bool:
+        """This process just took the lease of a shard: repair its requests, then poll them."""
+        shard = lead.shard
+        in_shard = self.scheduler.shard_of
         try:
-            self._fence = self.store.take_lease(SHARD, self.replica)
-            stranded = self.store.asking_spark_outside(self.clusters)
+            lead.fence = self.store.take_lease(shard, self.replica, self.settings.shards)
+            stranded = {
+                cluster: ids
+                for cluster, all_ids in self.store.asking_spark_outside(self.clusters).items()
+                if (ids := [rid for rid in all_ids if in_shard(rid) == shard])
+            }
             unknown = sorted(set(stranded) - set(self.settings.retired_clusters))
             if unknown:
-                self.lease.release()
+                lead.lease.release()
                 self._die(
                     "requests in flight on cluster(s) no longer configured: "
                     + ", ".join(f"{c!r} ({len(stranded[c])})" for c in unknown)
@@ -355,47 +415,52 @@ class Service:
                 )
                 return False
             self.jobs.retire(stranded)
-            self.jobs.recover_submissions()
-            self.scheduler.lead()
-            self.reconcile(load_jobs=True)
-            overdue = self.scheduler.spread_overdue(self.settings.poll_interval_seconds)
+            self.jobs.recover_submissions({shard})
+            self.scheduler.lead(shard)
+            self.reconcile(shard, load_jobs=True)
+            overdue = self.scheduler.spread_overdue(self.settings.poll_interval_seconds, shard)
             if not gc.get_freeze_count():  # once: frozen objects are never collected
                 # What was loaded on first taking the lease lives long: kept out of the cyclic
                 # collector's full passes, which stall every thread (100 ms at 10,000 jobs).
                 gc.collect()
                 gc.freeze()
         except Exception as exc:
-            logger.warning("could not take over scheduling yet: %s; retrying", exc)
-            self.scheduler.pause()
-            self.lease.release()
+            logger.warning("could not take over shard %d yet: %s; retrying", shard, exc)
+            self.scheduler.drop(shard)
+            if not self.leadership.held():
+                self.scheduler.pause()
+            lead.fence = None
+            lead.lease.release()
             return False
         with self._stepping_down:
-            if not self.lease.holding():  # lost while we were getting ready
-                self.scheduler.pause()
+            if not lead.lease.holding():  # lost while we were getting ready
+                self.scheduler.drop(shard)
+                lead.fence = None
                 return False
-            self._set_leading(True)
+            self._set_leading(lead, True)
         self.scheduler.resume()
+        assert lead.fence is not None
         logger.info(
             "holding the scheduler lease (%s, epoch %d, as %s): polling; %d overdue poll(s) "
             "spread over %.3gs",
-            self.lease.description,
-            self._fence.epoch,
+            lead.lease.description,
+            lead.fence.epoch,
             self.replica,
             overdue,
             self.settings.poll_interval_seconds,
         )
         return True
 
-    def _set_leading(self, leading: bool) -> None:
-        if leading == self._leading.is_set():
+    def _set_leading(self, lead: ShardLead, leading: bool) -> None:
+        if leading == lead.leading.is_set():
             return
         if leading:
-            self._leading.set()
+            lead.leading.set()
         else:
-            self._leading.clear()
-        LEASE_HELD.set(1 if leading else 0)
-        if not leading:
-            STORE.update(None)  # the store's figures are the leader's to report
+            lead.leading.clear()
+        LEASE_HELD.labels(str(lead.shard)).set(1 if leading else 0)
+        if not leading and lead.shard == 0:
+            STORE.update(None)  # the store's figures are shard 0's leader's to report
         LEASE_CHANGES.labels("taken" if leading else "lost").inc()
 
     def _sample_store(self) -> str | None:
@@ -405,7 +470,7 @@ class Service:
         Only the leader serves them: they describe the whole store, and replicas summed on a
         dashboard would count each request once per replica. Figures it cannot read are
         dropped rather than frozen: a stale 0 would hide a stall from every alert."""
-        if not self._leading.is_set():
+        if 0 not in self.leadership.held():
             STORE.update(None)
             return None
         try:

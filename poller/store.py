@@ -583,23 +583,28 @@ class RequestStore:
         return _record(fixed) if returning else self.get(request_id)
 
     @_translate_db_errors
-    def take_lease(self, shard: int, holder: str) -> Fence:
-        """``holder`` has just taken the lease of ``shard`` (the caller holds it): count it, and
-        return the fence of the holder's writes from now on."""
+    def take_lease(self, shard: int, holder: str, shards: int = 1) -> Fence:
+        """``holder`` has just taken the lease of ``shard`` of ``shards`` (the caller holds it):
+        count it, and return the fence of the holder's writes from now on."""
         now = utcnow()
+        values = {"holder": holder, "taken_at": now, "shards": shards}
         with self.engine.begin() as conn:
             taken = conn.execute(
                 update(_LEASES)
                 .where(_LEASES.c.shard == shard)
-                .values(epoch=_LEASES.c.epoch + 1, holder=holder, taken_at=now)
+                .values(epoch=_LEASES.c.epoch + 1, **values)
             )
             if not _rowcount(taken):
-                conn.execute(
-                    insert(_LEASES).values(shard=shard, epoch=1, holder=holder, taken_at=now)
-                )
+                conn.execute(insert(_LEASES).values(shard=shard, epoch=1, **values))
             epoch = conn.scalar(select(_LEASES.c.epoch).where(_LEASES.c.shard == shard))
         assert epoch is not None
         return Fence(shard, int(epoch))
+
+    @_translate_db_errors
+    def shard_counts(self) -> set[int]:
+        """The shard counts the store's leases were taken with (empty: never led)."""
+        with self.engine.connect() as conn:
+            return {int(n) for n in conn.scalars(select(_LEASES.c.shards).distinct())}
 
     @_translate_db_errors
     def fence_holds(self, fence: Fence) -> bool:
@@ -607,13 +612,6 @@ class RequestStore:
         with self.engine.connect() as conn:
             epoch = conn.scalar(select(_LEASES.c.epoch).where(_LEASES.c.shard == fence.shard))
         return epoch == fence.epoch
-
-    @_translate_db_errors
-    def lease_holders(self) -> list[tuple[int, int, str, datetime]]:
-        """(shard, epoch, holder, taken at) of every lease ever taken, by shard."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_LEASES).order_by(_LEASES.c.shard))
-            return [(r.shard, int(r.epoch), r.holder, r.taken_at) for r in rows]
 
     @_translate_db_errors
     def mark_published(self, request_ids: list[str]) -> None:

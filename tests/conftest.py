@@ -16,6 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from poller.devstack import FAST_DRIVER_JAVA_OPTIONS, KafkaBroker, Postgres, SparkStandalone
+from tests.databases import new_pg_database
+from tests.replicas import Replica
 from tests.support import JOB_SCRIPT, DelayingProxy, EventReader, ServiceProcess
 
 # -- infrastructure ------------------------------------------------------------------------------
@@ -188,3 +190,23 @@ def events(kafka: KafkaBroker, topic: str) -> Iterator[EventReader]:
     reader = EventReader(kafka.bootstrap_servers, topic)
     yield reader
     reader.close()
+
+
+@pytest.fixture
+def replicas(
+    service_env: dict[str, str], postgres: Postgres, spark: SparkStandalone, tmp_path: Path
+) -> Iterator[list[Replica]]:
+    """Three slots on one new PostgreSQL database, each with its own proxy to the real Spark;
+    polls ask each driver's REST status, so every poll is a call a proxy sees."""
+    env = {
+        **service_env,
+        "POLLER_DATABASE_URL": new_pg_database(postgres),
+        "POLLER_STATUS_SOURCE": "rest",
+    }
+    slots = [Replica(name, env, DelayingProxy(spark.rest_url, "", 0), tmp_path) for name in "abc"]
+    yield slots
+    for slot in slots:
+        for svc in slot.past:
+            if svc.running():
+                svc.terminate()
+        slot.proxy.close()

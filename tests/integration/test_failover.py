@@ -14,162 +14,29 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import pytest
 import requests
-import sqlalchemy as sa
 
 from poller.devstack import Postgres, SparkStandalone, wait_for
 from tests.conftest import JobBody
-from tests.databases import new_pg_database
-from tests.support import (
-    DelayingProxy,
-    Event,
-    EventReader,
-    ProxiedCall,
-    ServiceProcess,
-    driver_state,
-    poll_job_ids,
+from tests.replicas import (
+    Replica,
+    log_times,
+    one_event_each,
+    published_by,
+    submit,
+    terminate_sessions,
+    wait_leader,
 )
+from tests.support import EventReader, ProxiedCall, driver_state, poll_job_ids
 
 SPARK_ENDED = {"FINISHED", "FAILED", "KILLED", "ERROR"}
 # A call already on its way when its process learnt it no longer leads.
 IN_TRANSIT_S = 0.2
 # How soon a leader cut off from the database must stop (its next lease check is 2 s away).
 STOPS_WITHIN_S = 1.0
-
-
-@dataclass
-class Replica:
-    """One slot of the deployment: its own proxy to Spark, and the process now in it."""
-
-    name: str
-    env: dict[str, str]
-    proxy: DelayingProxy
-    workdir: Path
-    generation: int = 0
-    svc: ServiceProcess | None = None
-    past: list[ServiceProcess] = field(default_factory=list)
-
-    def start(self) -> ServiceProcess:
-        self.generation += 1
-        replica_id = f"{self.name}{self.generation}"
-        svc = ServiceProcess(
-            {
-                **self.env,
-                "POLLER_SPARK_REST_URL": self.proxy.url,
-                "POLLER_REPLICA_ID": replica_id,
-                "POLLER_LOG_FORMAT": "json",
-            },
-            self.workdir / f"{replica_id}.log",
-        )
-        self.svc = svc
-        self.past.append(svc)
-        return svc.start()
-
-    @property
-    def current(self) -> ServiceProcess:
-        assert self.svc is not None
-        return self.svc
-
-    def role(self) -> str | None:
-        svc = self.svc
-        if svc is None or not svc.running():
-            return None
-        try:
-            return str(svc.http.get(f"{svc.url}/readyz", timeout=2).json().get("role"))
-        except (requests.RequestException, ValueError):
-            return None
-
-
-@pytest.fixture
-def replicas(
-    service_env: dict[str, str], postgres: Postgres, spark: SparkStandalone, tmp_path: Path
-) -> Iterator[list[Replica]]:
-    """Three slots on one new PostgreSQL database, each with its own proxy to the real Spark;
-    polls ask each driver's REST status, so every poll is a call a proxy sees."""
-    env = {
-        **service_env,
-        "POLLER_DATABASE_URL": new_pg_database(postgres),
-        "POLLER_STATUS_SOURCE": "rest",
-    }
-    slots = [Replica(name, env, DelayingProxy(spark.rest_url, "", 0), tmp_path) for name in "abc"]
-    yield slots
-    for slot in slots:
-        for svc in slot.past:
-            if svc.running():
-                svc.terminate()
-        slot.proxy.close()
-
-
-def _leader(slots: list[Replica]) -> Replica | None:
-    leading = [slot for slot in slots if slot.role() == "leader"]
-    assert len(leading) <= 1, f"two leaders at once: {[s.name for s in leading]}"
-    return leading[0] if leading else None
-
-
-def _wait_leader(slots: list[Replica], timeout_s: float = 30) -> Replica:
-    found: list[Replica] = []
-
-    def one() -> bool:
-        leader = _leader(slots)
-        if leader is not None:
-            found.append(leader)
-        return leader is not None
-
-    wait_for(one, timeout_s, "a leader")
-    return found[-1]
-
-
-def _log_times(svc: ServiceProcess, needle: str) -> list[float]:
-    """When (epoch seconds) the process logged lines containing ``needle``."""
-    return [
-        datetime.fromisoformat(record["time"]).timestamp()
-        for record in svc.log_records()
-        if needle in str(record.get("message", ""))
-    ]
-
-
-def _published_by(event: Event) -> str:
-    return event.headers.get("poller-replica", "")
-
-
-def _terminate_sessions(postgres: Postgres, application_name: str) -> int:
-    engine = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            ended = conn.scalar(
-                sa.text(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM "
-                    "pg_stat_activity WHERE application_name = :name) AS t"
-                ),
-                {"name": application_name},
-            )
-    finally:
-        engine.dispose()
-    return int(ended or 0)
-
-
-def _submit(svc: ServiceProcess, request_id: str, job: dict[str, Any]) -> str:
-    answer = svc.post("/submit", json={"request_id": request_id, "job": job})
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["submission_id"])
-
-
-def _one_event_each(events: EventReader, request_ids: set[str]) -> dict[str, list[Event]]:
-    by_key = events.wait_for_keys(request_ids, timeout_s=180)
-    assert set(by_key) == request_ids, (
-        f"events for requests never made: {set(by_key) - request_ids}"
-    )
-    for request_id, found in by_key.items():
-        ids = {event.value["event_id"] for event in found}
-        assert len(ids) == 1, f"{request_id}: {len(ids)} distinct event ids"
-    return by_key
 
 
 def test_a_leader_cut_off_from_the_database_stops_at_once(
@@ -183,11 +50,11 @@ def test_a_leader_cut_off_from_the_database_stops_at_once(
     matches what the next leader does: one event id per request, each as Spark ended it."""
     a, b, _ = replicas
     a.start()
-    _wait_leader([a])
+    wait_leader([a])
     b.start()
     assert b.role() == "standby"
-    drivers = {f"cut-{i}": _submit(a.current, f"cut-{i}", job_body(seconds=6)) for i in range(3)}
-    drivers["cut-via-b"] = _submit(b.current, "cut-via-b", job_body(seconds=6))
+    drivers = {f"cut-{i}": submit(a.current, f"cut-{i}", job_body(seconds=6)) for i in range(3)}
+    drivers["cut-via-b"] = submit(b.current, "cut-via-b", job_body(seconds=6))
     wait_for(
         lambda: all(a.current.job(rid)["state"] == "RUNNING" for rid in drivers),
         90,
@@ -195,16 +62,14 @@ def test_a_leader_cut_off_from_the_database_stops_at_once(
     )
 
     cut_at = time.time()
-    assert _terminate_sessions(postgres, "spark-poller a1") >= 1
-    leader = _wait_leader([a, b])
-    by_key = _one_event_each(events, set(drivers))
+    assert terminate_sessions(postgres, "spark-poller a1") >= 1
+    leader = wait_leader([a, b])
+    by_key = one_event_each(events, set(drivers))
 
-    [stopped_at] = _log_times(a.current, "lost the scheduler lease")
+    [stopped_at] = log_times(a.current, "lost the scheduler lease")
     print(f"failover: a stopped {stopped_at - cut_at:.3f}s after its sessions were cut")
     assert stopped_at - cut_at < STOPS_WITHIN_S
-    took_at = min(
-        t for t in _log_times(leader.current, "holding the scheduler lease") if t > cut_at
-    )
+    took_at = min(t for t in log_times(leader.current, "holding the scheduler lease") if t > cut_at)
     late = [
         call
         for call in a.proxy.calls
@@ -215,7 +80,7 @@ def test_a_leader_cut_off_from_the_database_stops_at_once(
         for event in found:
             assert event.value["state"] == "FINISHED", event.value
             assert event.value["submission_id"] == drivers[request_id]
-            if _published_by(event) == "a1" and leader is not a:
+            if published_by(event) == "a1" and leader is not a:
                 assert event.timestamp_ms / 1000 <= stopped_at + IN_TRANSIT_S, event
 
 
@@ -237,10 +102,10 @@ def test_a_leader_frozen_past_its_lease_neither_asks_publishes_nor_kills_when_it
         }
     a, b, _ = replicas
     a.start()
-    _wait_leader([a])
+    wait_leader([a])
     b.start()
-    ends = _submit(a.current, "frozen-ends", job_body(seconds=4))
-    overruns = _submit(a.current, "frozen-overruns", job_body(seconds=120))
+    ends = submit(a.current, "frozen-ends", job_body(seconds=4))
+    overruns = submit(a.current, "frozen-overruns", job_body(seconds=120))
     wait_for(
         lambda: all(
             a.current.job(rid)["state"] == "RUNNING" for rid in ("frozen-ends", "frozen-overruns")
@@ -260,7 +125,7 @@ def test_a_leader_frozen_past_its_lease_neither_asks_publishes_nor_kills_when_it
     # Anything it did on waking, it did before it stood down (its scheduler pauses then).
     wait_for(lambda: "lost the scheduler lease" in a.current.logs(), 30, "the woken to yield")
     wait_for(lambda: a.role() == "standby", 30, "the woken leader to stand by")
-    by_key = _one_event_each(events, {"frozen-ends", "frozen-overruns"})
+    by_key = one_event_each(events, {"frozen-ends", "frozen-overruns"})
 
     after_waking = [call for call in a.proxy.calls if call.at >= woke_at]
     assert after_waking == [], f"the woken leader asked Spark: {after_waking}"
@@ -273,7 +138,7 @@ def test_a_leader_frozen_past_its_lease_neither_asks_publishes_nor_kills_when_it
     assert ended.value["submission_id"] == ends
     assert overran.value["state"] == "TIMED_OUT", overran.value
     assert "driver killed" in overran.value["message"], overran.value
-    assert {_published_by(ended), _published_by(overran)} == {"b1"}
+    assert {published_by(ended), published_by(overran)} == {"b1"}
     events.drain(1)
     assert len(events.events) == 2, [e.value for e in events.events]
     assert driver_state(spark, overruns) == "KILLED"
@@ -293,10 +158,10 @@ def test_a_standby_hands_its_submits_and_cancels_to_the_leader_at_once(
         slot.env["POLLER_POLL_INTERVAL_SECONDS"] = "30"
     a, b, _ = replicas
     a.start()
-    _wait_leader([a])
+    wait_leader([a])
     b.start()
     assert b.role() == "standby"
-    submission_id = _submit(b.current, "via-standby", job_body(seconds=60))
+    submission_id = submit(b.current, "via-standby", job_body(seconds=60))
     wait_for(
         lambda: a.current.job("via-standby").get("next_poll_at") is not None,
         3,
@@ -305,7 +170,7 @@ def test_a_standby_hands_its_submits_and_cancels_to_the_leader_at_once(
     wait_for(lambda: driver_state(spark, submission_id) == "RUNNING", 90, "the driver to run")
     answer = b.current.delete("/jobs/via-standby", params={"kill": "true"})
     assert answer.status_code in {200, 202}, answer.text
-    [event] = _one_event_each(events, {"via-standby"})["via-standby"]
+    [event] = one_event_each(events, {"via-standby"})["via-standby"]
     assert event.value["state"] == "CANCELLED", event.value
     assert driver_state(spark, submission_id) == "KILLED"
     wait_for(
@@ -355,7 +220,7 @@ def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
     for slot in replicas:
         slot.env["POLLER_POLL_INTERVAL_SECONDS"] = str(HA_INTERVAL_S)
     replicas[0].start()
-    _wait_leader(replicas[:1])
+    wait_leader(replicas[:1])
     for slot in replicas[1:]:
         slot.start()
     client = Spread(replicas, rng)
@@ -367,7 +232,7 @@ def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
     def killer() -> None:
         while len(kills) < HA_KILLS and not done.is_set():
             time.sleep(rng.uniform(4, 7))
-            leader = _wait_leader(replicas)
+            leader = wait_leader(replicas)
             leader.current.kill9()
             kills.append((time.time(), leader.name))  # dead now: later calls are others'
             time.sleep(rng.uniform(0.5, 2))
@@ -400,7 +265,7 @@ def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
         chaos.join()
     assert len(kills) == HA_KILLS
 
-    by_key = _one_event_each(events, set(submitted))
+    by_key = one_event_each(events, set(submitted))
     counts: Counter[str] = Counter()
     for request_id, found in by_key.items():
         counts["duplicates"] += len(found) - 1

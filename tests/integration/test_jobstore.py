@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from poller.db import create_db_engine
 from poller.devstack import wait_for
-from poller.scheduler import JOBS_TABLE, PollScheduler
+from poller.scheduler import PollScheduler
+from poller.shards import JOBS_TABLE
 from tests.conftest import JobBody, ServiceFactory
 from tests.integration import jobstore_child
 from tests.support import EventReader, ServiceProcess, poll_job_ids

@@ -28,7 +28,7 @@ from poller.db import create_db_engine
 from poller.devstack import free_port, wait_for
 from poller.errors import SchemaMismatch
 from poller.models import Base
-from poller.scheduler import JOBS_TABLE
+from poller.shards import JOBS_TABLE
 from poller.store import RequestStore
 
 PREVIOUS = "0001"

@@ -1,0 +1,162 @@
+"""Which shards this process leads: its fair share of them, taken and handed over through their
+leases, and the fence each of its decisions carries.
+
+Every replica is counted while up (``Membership``), and the replicas keep the shards balanced:
+none holds two more than another. A replica takes free shards up to its fair share, and a shard
+that stays free for a few beats beyond that (a frozen replica still counts until its session
+times out, and its shards must not wait for that); one holding too many hands one over per beat.
+What leading a shard means (loading its jobs, recovering its requests) is the service's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from poller.errors import StoreUnavailable
+from poller.lease import ADVISORY_NAMESPACE, MEMBERS_NAMESPACE, Lease, Membership
+from poller.schemas import Fence
+from poller.shards import fair_share
+
+logger = logging.getLogger(__name__)
+
+# Beats a shard must be seen free before a replica at its fair share takes it anyway.
+ORPHAN_BEATS = 3
+
+
+@dataclass
+class ShardLead:
+    """One shard's lease as this process sees it."""
+
+    shard: int
+    lease: Lease
+    fence: Fence | None = None
+    leading: threading.Event = field(default_factory=threading.Event)
+    free_beats: int = 0  # beats in a row it was seen free while we were at our share
+
+    def current(self) -> Fence | None:
+        """The fence of this shard's decisions: None unless we lead it and know so now."""
+        fence = self.fence
+        if fence is None or not self.leading.is_set() or not self.lease.valid():
+            return None
+        return fence
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to change this beat: shards to try to take, and at most one to hand over."""
+
+    take: list[int]
+    give: int | None
+
+
+class Leadership:
+    """The shards' leases, and the decision of which to hold."""
+
+    def __init__(
+        self,
+        leases: list[Lease],
+        engine: Engine | None = None,
+        membership: Membership | None = None,
+        me: str = "",
+        offset: int = 0,
+    ) -> None:
+        """``engine`` and ``membership`` are PostgreSQL's (None: a single process leads every
+        shard); ``me`` is this process's session name (``application_name``); ``offset`` is
+        where it starts looking for free shards, so replicas starting together try different
+        ones first."""
+        self.leads = [ShardLead(shard, lease) for shard, lease in enumerate(leases)]
+        self.engine = engine
+        self.membership = membership
+        self.me = me
+        self.offset = offset
+        self.members = 1
+
+    @property
+    def shards(self) -> int:
+        return len(self.leads)
+
+    def held(self) -> list[int]:
+        return [lead.shard for lead in self.leads if lead.leading.is_set()]
+
+    def fence(self, shard: int) -> Fence | None:
+        return self.leads[shard].current()
+
+    def plan(self) -> Plan:
+        """Decide this beat's changes from who holds which shard now. Raises StoreUnavailable
+        when it cannot tell.
+
+        Balanced means no live replica holds two shards more than another: one above that
+        hands a shard over (one per beat, the others see it free next beat); one with the fewest
+        takes free shards up to its fair share; a shard free for ``ORPHAN_BEATS`` beats is taken
+        by anyone."""
+        held = self.held()
+        if self.membership is None or self.engine is None:
+            return Plan([lead.shard for lead in self.leads if lead.shard not in held], None)
+        self.membership.keep()
+        holders, members = self._who()
+        counts = dict.fromkeys(members | {self.me}, 0)
+        for holder in holders.values():
+            counts[holder] = counts.get(holder, 0) + 1
+        counts[self.me] = len(held)
+        self.members = len(counts)
+        fewest = min(counts.values())
+        if held and len(held) > fewest + 1:
+            return Plan([], max(held))
+        free = [lead.shard for lead in self.leads if lead.shard not in holders]
+        free = sorted(set(free) - set(held), key=lambda s: (s - self.offset) % self.shards)
+        # Only a replica with the fewest takes (never the one that just gave a shard up).
+        room = fair_share(self.shards, self.members) - len(held) if len(held) <= fewest else 0
+        take = free[: max(0, room)]
+        for lead in self.leads:
+            if lead.shard in free and lead.shard not in take:
+                lead.free_beats += 1
+                if lead.free_beats >= ORPHAN_BEATS:  # nobody else takes it: we do
+                    take.append(lead.shard)
+            else:
+                lead.free_beats = 0
+        return Plan(take, None)
+
+    def _who(self) -> tuple[dict[int, str], set[str]]:
+        """Who holds which shard's lease ({shard: session name}), and which replicas are
+        counted members (their session names): one look at the server's lock table."""
+        assert self.engine is not None
+        try:
+            with self.engine.connect() as conn:
+                rows = list(
+                    conn.execute(
+                        text(
+                            "SELECT l.classid::bigint AS ns, l.objid::bigint AS shard,"
+                            " a.application_name AS name FROM pg_locks l"
+                            " JOIN pg_stat_activity a ON a.pid = l.pid"
+                            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+                            " AND l.classid::bigint IN (:leases, :members) AND l.database ="
+                            " (SELECT oid FROM pg_database WHERE datname = current_database())"
+                        ),
+                        {
+                            "leases": ADVISORY_NAMESPACE & 0xFFFFFFFF,
+                            "members": MEMBERS_NAMESPACE & 0xFFFFFFFF,
+                        },
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        holders = {
+            int(row.shard): str(row.name)
+            for row in rows
+            if row.ns == ADVISORY_NAMESPACE & 0xFFFFFFFF
+        }
+        members = {str(row.name) for row in rows if row.ns == MEMBERS_NAMESPACE & 0xFFFFFFFF}
+        return holders, members
+
+    def release_all(self) -> None:
+        for lead in self.leads:
+            lead.fence = None
+            lead.leading.clear()
+            lead.lease.release()
+        if self.membership is not None:
+            self.membership.leave()

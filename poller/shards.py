@@ -1,0 +1,31 @@
+"""How requests are partitioned into shards, and how many shards one replica should hold.
+
+A shard is a slice of the requests with a job-store table and a scheduler lease of its own, so
+that several replicas poll at once, each the shards it holds. The slice of a request never
+changes: a stable hash of its id, taken over a shard count fixed when the store is first used.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+JOBS_TABLE = "apscheduler_jobs"  # shard 0's, the table of a store without shards
+
+
+def shard_of(request_id: str, shards: int) -> int:
+    """The shard of ``request_id``: the same in every process and release (CRC-32, not
+    Python's salted ``hash``)."""
+    if shards == 1:
+        return 0
+    return zlib.crc32(request_id.encode()) % shards
+
+
+def jobs_table(shard: int) -> str:
+    """The job-store table of ``shard``."""
+    return JOBS_TABLE if shard == 0 else f"{JOBS_TABLE}_{shard}"
+
+
+def fair_share(shards: int, replicas: int) -> int:
+    """How many shards one of ``replicas`` live replicas holds at most while all are up."""
+    return math.ceil(shards / max(1, replicas))

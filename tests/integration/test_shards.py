@@ -1,0 +1,73 @@
+"""Shards: several replicas poll one PostgreSQL store at once, each its fair share of the shards,
+and the shards of a replica that stops or dies go to the others."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from poller.devstack import wait_for
+from tests.conftest import JobBody
+from tests.replicas import Replica, one_event_each, submit
+from tests.support import EventReader
+
+SHARDS = 4
+
+
+def _holding(slots: list[Replica]) -> dict[str, list[int]]:
+    return {slot.name: slot.shards() or [] for slot in slots}
+
+
+def _shared(slots: list[Replica], per_slot: dict[str, int]) -> bool:
+    """Each slot holds the given number of shards, and every shard has exactly one holder."""
+    held = _holding(slots)
+    every = sorted(shard for shards in held.values() for shard in shards)
+    return every == list(range(SHARDS)) and all(
+        len(held[name]) == count for name, count in per_slot.items()
+    )
+
+
+def test_replicas_share_the_shards_and_take_over_those_of_one_that_goes(
+    replicas: list[Replica], job_body: JobBody, events: EventReader
+) -> None:
+    for slot in replicas:
+        slot.env["POLLER_SHARDS"] = str(SHARDS)
+    a, b, c = replicas
+    a.start()
+    wait_for(lambda: _shared([a], {"a": 4}), 30, "one replica to hold every shard")
+    b.start()
+    wait_for(lambda: _shared([a, b], {"a": 2, "b": 2}), 30, "two replicas to share the shards")
+
+    # Each driver is polled by the replica holding its request's shard, whichever took it.
+    drivers = {
+        f"shared-{i}": submit((a if i % 2 else b).current, f"shared-{i}", job_body(seconds=3))
+        for i in range(8)
+    }
+    by_key = one_event_each(events, set(drivers))
+    for request_id, [event] in by_key.items():
+        assert event.value["state"] == "FINISHED", event.value
+        assert event.value["submission_id"] == drivers[request_id]
+    asked_by: dict[str, set[str]] = defaultdict(set)
+    for slot in (a, b):
+        for call in slot.proxy.seen("status"):
+            asked_by[call.driver].add(slot.name)
+    assert all(len(asked_by[d]) == 1 for d in drivers.values()), dict(asked_by)
+    assert {name for names in asked_by.values() for name in names} == {"a", "b"}
+    publishers = {event.headers.get("poller-replica") for [event] in by_key.values()}
+    assert publishers == {"a1", "b1"}, publishers
+
+    # A replica that stops hands its shards over on the way out; one that joins gets its share.
+    stopped_at = time.monotonic()
+    assert b.current.terminate() == 0
+    wait_for(lambda: _shared([a], {"a": 4}), 15, "the remaining replica to take every shard")
+    print(f"shards: taken over {time.monotonic() - stopped_at:.1f}s after a clean stop began")
+    c.start()
+    wait_for(lambda: _shared([a, c], {"a": 2, "c": 2}), 30, "a joining replica to get its share")
+
+    # One that dies: the survivor takes its shards, and nothing is lost.
+    late = {f"late-{i}": submit(c.current, f"late-{i}", job_body(seconds=6)) for i in range(4)}
+    c.current.kill9()
+    wait_for(lambda: _shared([a], {"a": 4}), 30, "the survivor to take the dead one's shards")
+    for request_id, [event] in one_event_each(events, set(late)).items():
+        assert event.value["state"] == "FINISHED", event.value
+        assert event.value["submission_id"] == late[request_id]
