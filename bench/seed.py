@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from poller.jobstore import OwnedJobStore
 from poller.models import RequestRow
 from poller.service import JOB_FUNC
-from poller.shards import JOBS_TABLE
+from poller.shards import jobs_table, shard_of
 from poller.store import RequestStore
 
 CHUNK = 5000
@@ -42,14 +42,17 @@ def seed_jobs(
     args: list[tuple[str, ...]],
     interval_s: float,
     overdue_s: float = 0.0,
+    shards: int = 1,
 ) -> None:
-    """One interval job per id in APScheduler's table, pickled as ``add_job`` pickles them."""
-    jobs_t: Table = OwnedJobStore(engine, JOBS_TABLE).jobs_t
-    jobs_t.create(engine, checkfirst=True)
+    """One interval job per id in APScheduler's table (of its shard, out of ``shards``),
+    pickled as ``add_job`` pickles them."""
+    tables: list[Table] = [OwnedJobStore(engine, jobs_table(i)).jobs_t for i in range(shards)]
+    for table in tables:
+        table.create(engine, checkfirst=True)
     scheduler = BackgroundScheduler(timezone=UTC)
     times = first_runs(len(job_ids), interval_s, overdue_s)
     for start in range(0, len(job_ids), CHUNK):
-        rows = []
+        rows: dict[int, list[dict[str, object]]] = {}
         for i in range(start, min(len(job_ids), start + CHUNK)):
             job = Job(
                 scheduler,
@@ -65,7 +68,7 @@ def seed_jobs(
                 misfire_grace_time=None,
                 next_run_time=times[i],
             )
-            rows.append(
+            rows.setdefault(shard_of(job_ids[i], shards), []).append(
                 {
                     "id": job_ids[i],
                     "next_run_time": datetime_to_utc_timestamp(times[i]),
@@ -73,7 +76,8 @@ def seed_jobs(
                 }
             )
         with engine.begin() as conn:
-            conn.execute(insert(jobs_t), rows)
+            for shard, shard_rows in rows.items():
+                conn.execute(insert(tables[shard]), shard_rows)
 
 
 def seed(
@@ -82,8 +86,10 @@ def seed(
     interval_s: float,
     overdue_s: float = 0.0,
     cluster: str = "default",
+    shards: int = 1,
 ) -> list[str]:
-    """Record one polling request (and its poll job) per driver; returns the request ids."""
+    """Record one polling request (and its poll job, in its shard's table) per driver; returns
+    the request ids."""
     RequestStore(engine).create_schema()
     now = datetime.now(UTC)
     request_ids = [f"bench-{i:06d}" for i in range(len(submission_ids))]
@@ -106,5 +112,7 @@ def seed(
         ]
         with engine.begin() as conn:
             conn.execute(insert(requests_t), rows)  # type: ignore[arg-type]
-    seed_jobs(engine, request_ids, JOB_FUNC, [(r,) for r in request_ids], interval_s, overdue_s)
+    seed_jobs(
+        engine, request_ids, JOB_FUNC, [(r,) for r in request_ids], interval_s, overdue_s, shards
+    )
     return request_ids
