@@ -198,8 +198,10 @@ class RequestStore:
         self._counts: dict[str, tuple[int, datetime]] = {}
 
     def _with_counts(self, record: JobRecord) -> JobRecord:
+        """The record with the polls counted here and not written yet, while it is still polled.
+        Once its ending is fixed the stored record is the event's (whoever fixed it): as is."""
         pending = self._counts.get(record.request_id)  # one read of a dict: needs no lock
-        if pending is None:
+        if pending is None or record.phase.value not in ASKING_SPARK:
             return record
         return record.model_copy(
             update={"polls": record.polls + pending[0], "last_polled_at": pending[1]}
