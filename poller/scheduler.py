@@ -234,9 +234,15 @@ class PollScheduler:
             raise StoreUnavailable(
                 f"could not register the poll job: {type(exc).__name__}"
             ) from exc
+        try:
+            self.jobstore.tell_owner("added", request_id)
+        except SQLAlchemyError as exc:  # it finds the row at its next look at the table
+            logger.warning(
+                "could not tell the leader of job %s: %s", request_id, type(exc).__name__
+            )
         return True
 
-    def spread_overdue(self, window_s: float) -> int:
+    def spread_overdue(self, window_s: float, stored_before: datetime | None = None) -> int:
         """Move every overdue job to a run time within the next ``window_s``; returns how many.
 
         Called before the scheduler resumes after downtime. APScheduler 3 would otherwise build
@@ -244,15 +250,17 @@ class PollScheduler:
         job-store lock, and run them all in the same second: spread, the master is asked about
         the backlog no faster than in steady state.
 
-        A job due less than one interval ago may have run just before the last owner died,
-        its new time not yet written (times are saved a second later): it runs one interval
-        after the stored time, never twice in one interval."""
+        A job that was due less than one interval before ``stored_before`` (when this process
+        loaded the store) may have run just before its last owner died, its new time not yet
+        written (times are saved a second later): it runs one interval after the stored time,
+        never twice in one interval. Jobs made due since (a reconcile's) are only spread."""
         now = datetime.now(UTC)
         overdue = self.jobstore.get_due_jobs(now)
         interval = timedelta(seconds=self.interval_s)
         for job in overdue:
-            if job.next_run_time is not None and now - job.next_run_time < interval:
-                at = job.next_run_time + interval
+            due: datetime = job.next_run_time
+            if stored_before is not None and stored_before - interval < due < stored_before:
+                at = due + interval
             else:
                 at = now + timedelta(seconds=random.uniform(0, window_s))
             job._modify(next_run_time=at)
@@ -269,7 +277,7 @@ class PollScheduler:
         """A request changed here and its job must run now where it is owned (a standby's
         cancel): tell the owner; nothing to do when this process owns it."""
         try:
-            self.jobstore.changed(request_id)
+            self.jobstore.tell_owner("changed", request_id)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from sqlalchemy import Connection
+
 from poller import polling
 from poller.config import Settings
 from poller.db import create_db_engine
@@ -41,6 +43,7 @@ WATCHDOG_SILENT_S = 60.0
 FAILURE_REPEAT_S = 60.0
 PENDING_WRITES_FLUSH_S = 5.0
 LEASE_RETRY_S = 1.0
+IDLE_IN_TRANSACTION_S = 60.0  # our transactions wait on the server, never on us, for long
 LEASE_CHECK_S = 2.0
 SHARD = 0  # one lease for the whole store (shards take one each)
 RECOVERY_STEP_S = 5.0
@@ -64,6 +67,9 @@ class Service:
             pool_size=settings.scheduler_threads + settings.api_threads + 5,
             timeout_s=settings.database_timeout_s,
             application_name=f"spark-poller {self.replica}",
+            # A session frozen inside a transaction (its process SIGSTOPped) ends, and the row
+            # locks it holds go, well before a new leader's retries of those rows give up.
+            idle_in_transaction_s=IDLE_IN_TRANSACTION_S,
         )
         self.store = RequestStore(self.engine)
         self.clusters = {
@@ -130,6 +136,7 @@ class Service:
             settings.lease_ttl_s,
             channel=CHANNEL,
         )
+        self.lease.on_taken = self._taken
         self.lease.on_notify = self.scheduler.notified
         self.lease.on_lost = self._lease_lost
         self.health = HealthMonitor(
@@ -339,10 +346,14 @@ class Service:
         self.publisher.drop_queued()  # the new leader publishes them
         logger.error("lost the scheduler lease: stopped polling; standing by")
 
+    def _taken(self, session: Connection | None) -> None:
+        """The lease was just taken: count it (on the session holding it, where there is one)
+        and keep the fence of our decisions from now on."""
+        self._fence = self.store.take_lease(SHARD, self.replica, session)
+
     def _lead(self) -> bool:
         """This process just took the lease: repair the store, then start polling."""
         try:
-            self._fence = self.store.take_lease(SHARD, self.replica)
             stranded = self.store.asking_spark_outside(self.clusters)
             unknown = sorted(set(stranded) - set(self.settings.retired_clusters))
             if unknown:
@@ -356,9 +367,12 @@ class Service:
                 return False
             self.jobs.retire(stranded)
             self.jobs.recover_submissions()
+            loaded_at = datetime.now(UTC)
             self.scheduler.lead()
             self.reconcile(load_jobs=True)
-            overdue = self.scheduler.spread_overdue(self.settings.poll_interval_seconds)
+            overdue = self.scheduler.spread_overdue(
+                self.settings.poll_interval_seconds, stored_before=loaded_at
+            )
             if not gc.get_freeze_count():  # once: frozen objects are never collected
                 # What was loaded on first taking the lease lives long: kept out of the cyclic
                 # collector's full passes, which stall every thread (100 ms at 10,000 jobs).
@@ -370,11 +384,11 @@ class Service:
             self.lease.release()
             return False
         with self._stepping_down:
-            if not self.lease.holding():  # lost while we were getting ready
+            if not self.lease.holding() or self._fence is None:  # lost while getting ready
                 self.scheduler.pause()
                 return False
             self._set_leading(True)
-        self.scheduler.resume()
+            self.scheduler.resume()
         logger.info(
             "holding the scheduler lease (%s, epoch %d, as %s): polling; %d overdue poll(s) "
             "spread over %.3gs",

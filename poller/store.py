@@ -24,6 +24,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -585,21 +587,28 @@ class RequestStore:
         return _record(fixed) if returning else self.get(request_id)
 
     @_translate_db_errors
-    def take_lease(self, shard: int, holder: str) -> Fence:
-        """``holder`` has just taken the lease of ``shard`` (the caller holds it): count it, and
-        return the fence of the holder's writes from now on."""
-        now = utcnow()
-        with self.engine.begin() as conn:
-            taken = conn.execute(
-                update(_LEASES)
-                .where(_LEASES.c.shard == shard)
-                .values(epoch=_LEASES.c.epoch + 1, holder=holder, taken_at=now)
-            )
-            if not _rowcount(taken):
-                conn.execute(
-                    insert(_LEASES).values(shard=shard, epoch=1, holder=holder, taken_at=now)
-                )
-            epoch = conn.scalar(select(_LEASES.c.epoch).where(_LEASES.c.shard == shard))
+    def take_lease(self, shard: int, holder: str, conn: Connection | None = None) -> Fence:
+        """``holder`` has just taken the lease of ``shard``: count it, and return the fence of
+        the holder's writes from now on. ``conn`` is the session holding the lease (one
+        statement there: it holds the lock as the count lands), or None to use the pool."""
+        dialect = self.engine.dialect.name
+        insert_into = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert_into(_LEASES).values(
+            shard=shard, epoch=1, holder=holder, taken_at=utcnow()
+        )
+        counted = statement.on_conflict_do_update(
+            index_elements=[_LEASES.c.shard],
+            set_={
+                "epoch": _LEASES.c.epoch + 1,
+                "holder": statement.excluded.holder,
+                "taken_at": statement.excluded.taken_at,
+            },
+        ).returning(_LEASES.c.epoch)
+        if conn is not None:
+            epoch = conn.scalar(counted)
+        else:
+            with self.engine.begin() as pooled:
+                epoch = pooled.scalar(counted)
         assert epoch is not None
         return Fence(shard, int(epoch))
 
