@@ -54,13 +54,15 @@ def create_db_engine(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     sqlite_synchronous: str = "FULL",
     application_name: str | None = None,
+    idle_in_transaction_s: float | None = None,
 ) -> Engine:
     """Build the engine, every wait bounded by ``timeout_s``; times are UTC on every connection.
 
     SQLite gets WAL, a busy timeout so API and poll threads can share it, and ``synchronous=FULL``
     so a commit (a 202 already answered) survives an OS crash; ``sqlite_synchronous`` exists for
     the benchmark that measures what that costs. On PostgreSQL every session carries
-    ``application_name`` (``pg_stat_activity`` tells the replicas' sessions apart).
+    ``application_name`` (``pg_stat_activity`` tells the replicas' sessions apart), and the
+    server ends one left idle inside a transaction for ``idle_in_transaction_s``.
     """
     if sqlite_synchronous not in SQLITE_SYNC_LEVELS:
         raise ValueError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNC_LEVELS)}")
@@ -134,6 +136,11 @@ def create_db_engine(
             try:
                 cursor.execute("SET TIME ZONE 'UTC'")
                 cursor.execute(f"SET statement_timeout = {math.ceil(timeout_s * 1000)}")
+                if idle_in_transaction_s is not None:
+                    cursor.execute(
+                        "SET idle_in_transaction_session_timeout = "
+                        f"{math.ceil(idle_in_transaction_s * 1000)}"
+                    )
             finally:
                 cursor.close()
             dbapi_conn.commit()

@@ -256,13 +256,14 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         if self.notifies:
             conn.execute(select(func.pg_notify(self.channel, f"{what}:{job_id}")))
 
-    def changed(self, job_id: str) -> None:
-        """A job's request changed in this process (a cancel through a standby): the owner
-        runs it at once rather than at its next turn. Nothing to say when we own it."""
+    def tell_owner(self, what: str, job_id: str) -> None:
+        """Say to the owner that a job was "added" here (it loads it) or that its request
+        "changed" here (a cancel through a standby: it runs the job at once). Nothing to say
+        when we own the store."""
         if self._owned or not self.notifies:
             return
         with self.engine.begin() as conn:
-            self._notify(conn, "changed", job_id)
+            self._notify(conn, what, job_id)
 
     def notified(self, payloads: list[str]) -> list[str]:
         """Load the jobs other processes said they added; returns the ids of those they said

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue
 import select
 import threading
 import time
@@ -43,7 +44,7 @@ ADVISORY_NAMESPACE = zlib.crc32(b"spark-poller scheduler lease") - 2**31
 MEMBERS_NAMESPACE = zlib.crc32(b"spark-poller replicas") - 2**31
 CHECK_S = 2.0  # how often the holder confirms its advisory lock
 KEEPER_STEP_S = 0.5  # how long the keeper waits on the socket between looks at its stop
-KEEPER_JOIN_S = 6.0  # longer than one check can take (every round trip is bounded)
+ROUND_TRIP_S = 4.0  # the engine's default bound on one statement, with its client's grace
 # A confirmation is trusted for the idle limit less this (the check's own round trip).
 VALIDITY_MARGIN_S = 1.5
 
@@ -52,7 +53,10 @@ class Lease(Protocol):
     """Who may schedule one store."""
 
     description: str
-    # Called on the lease's own thread: the lease went (PostgreSQL: the session ended); and
+    # Called as the lease is taken, with the session that holds it (PostgreSQL; None for the
+    # others): a failure there gives the lease up again.
+    on_taken: Callable[[Connection | None], None] | None
+    # Called on threads of the lease's own: the lease went (PostgreSQL: the session ended); and
     # what other processes NOTIFYed on the lease's channel while held.
     on_lost: Callable[[], None] | None
     on_notify: Callable[[list[str]], None] | None
@@ -80,6 +84,7 @@ class FileLease:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"file lock {path}"
+        self.on_taken: Callable[[Connection | None], None] | None = None
         self.on_lost: Callable[[], None] | None = None  # never lost while the process lives
         self.on_notify: Callable[[list[str]], None] | None = None  # nobody to notify on SQLite
         self._fd: int | None = None
@@ -104,6 +109,7 @@ class FileLease:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
+        _taken(self)
         return True
 
     def holding(self) -> bool:
@@ -125,11 +131,14 @@ class LocalLease:
 
     def __init__(self) -> None:
         self._held = False
+        self.on_taken: Callable[[Connection | None], None] | None = None
         self.on_lost: Callable[[], None] | None = None
         self.on_notify: Callable[[list[str]], None] | None = None
 
     def try_acquire(self) -> bool:
-        self._held = True
+        if not self._held:
+            self._held = True
+            _taken(self)
         return True
 
     def holding(self) -> bool:
@@ -145,11 +154,14 @@ class LocalLease:
 class AdvisoryLease:
     """A PostgreSQL session advisory lock on a connection of its own (never returned to a pool).
 
-    While it is held, a keeper thread owns that connection: it confirms the lock every
-    ``check_s``, and in between waits on the connection's socket, so that a session the server
-    ends (``pg_terminate_backend``, the idle limit, a restart) is noticed at once, not at the
-    next check. The same connection LISTENs on ``channel``: other processes' NOTIFYs reach
-    ``on_notify`` (their payloads) within milliseconds."""
+    The session runs in autocommit, so it is never idle inside a transaction (where
+    ``idle_session_timeout`` would not apply: a holder frozen between two statements would keep
+    the lock for good). While the lock is held, a keeper thread owns that connection: it confirms
+    the lock every ``check_s``, and in between waits on the connection's socket, so that a
+    session the server ends (``pg_terminate_backend``, the idle limit, a restart) is noticed at
+    once, not at the next check. The same session LISTENs on ``channel``; other processes'
+    NOTIFY payloads reach ``on_notify`` on a thread of their own, so handling them never delays
+    a check."""
 
     def __init__(
         self,
@@ -158,13 +170,18 @@ class AdvisoryLease:
         ttl_s: float | None = None,
         check_s: float = CHECK_S,
         channel: str | None = None,
+        round_trip_s: float = ROUND_TRIP_S,
     ) -> None:
+        """``round_trip_s``: the longest one statement on the lease's session can take (the
+        engine's bound on every round trip)."""
         self.engine = engine
         self.key = (ADVISORY_NAMESPACE, shard)
         self.ttl_s = ttl_s
         self.check_s = check_s
         self.channel = channel
+        self.round_trip_s = round_trip_s
         self.description = f"PostgreSQL advisory lock ({self.key[0]}, {self.key[1]})"
+        self.on_taken: Callable[[Connection | None], None] | None = None
         self.on_notify: Callable[[list[str]], None] | None = None
         self.on_lost: Callable[[], None] | None = None
         self._conn: Connection | None = None
@@ -172,69 +189,78 @@ class AdvisoryLease:
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
         self._confirmed_at = float("-inf")
-        self._notified: list[str] = []
+        self._notified: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._warned_no_ttl = False
 
     def try_acquire(self) -> bool:
         if self._conn is not None:
             return self.holding()
         try:
-            conn = self.engine.connect()
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         try:
             self._limit_idle(conn)
+            asked_at = time.monotonic()
             got = conn.scalar(
                 text("SELECT pg_try_advisory_lock(:a, :b)"), {"a": self.key[0], "b": self.key[1]}
             )
-            conn.commit()
-            if got and self.channel is not None:
-                self._listen(conn, self.channel)
-        except SQLAlchemyError as exc:
-            conn.invalidate()
-            conn.close()
-            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            if got:
+                if self.channel is not None:
+                    self._listen(conn, self.channel)
+                if self.on_taken is not None:
+                    # On this session: it holds the lock at that moment, whatever comes after.
+                    self.on_taken(conn)
+        except Exception as exc:
+            _discard(conn)  # the lock, if taken, goes with the session
+            if isinstance(exc, SQLAlchemyError):
+                raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            raise
         if not got:
             conn.close()
             return False
         self._conn = conn
-        self._confirmed_at = time.monotonic()
+        self._confirmed_at = asked_at
         self._lost.clear()
-        self._stop = threading.Event()
+        self._stop = stop = threading.Event()
+        notified: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._notified = notified
         self._keeper = threading.Thread(
-            target=self._keep, args=(conn, self._stop), name="lease-keeper", daemon=True
+            target=self._keep, args=(conn, stop, notified), name="lease-keeper", daemon=True
         )
         self._keeper.start()
+        threading.Thread(
+            target=self._deliver, args=(notified,), name="lease-notifies", daemon=True
+        ).start()
         return True
 
     def _limit_idle(self, conn: Connection) -> None:
         """The server ends this session (and so the lease) when it sits idle for ``ttl_s``."""
         if self.ttl_s is None:
             return
-        try:
-            with conn.begin_nested():
+        ms = f"{int(self.ttl_s * 1000)}ms"
+        for setting in ("idle_session_timeout", "idle_in_transaction_session_timeout"):
+            try:
                 conn.execute(
-                    text("SELECT set_config('idle_session_timeout', :ms, false)"),
-                    {"ms": f"{int(self.ttl_s * 1000)}ms"},
+                    text("SELECT set_config(:name, :ms, false)"), {"name": setting, "ms": ms}
                 )
-        except SQLAlchemyError as exc:  # PostgreSQL before 14: no such setting
-            if not self._warned_no_ttl:
-                self._warned_no_ttl = True
-                logger.warning(
-                    "the scheduler lease has no time limit on this PostgreSQL (%s): a frozen "
-                    "leader keeps it until its connection closes",
-                    type(exc).__name__,
-                )
+            except SQLAlchemyError as exc:  # PostgreSQL before 14: no idle_session_timeout
+                if not self._warned_no_ttl:
+                    self._warned_no_ttl = True
+                    logger.warning(
+                        "the scheduler lease has no time limit on this PostgreSQL (%s): a frozen "
+                        "leader keeps it until its connection closes",
+                        type(exc).__name__,
+                    )
 
     def _listen(self, conn: Connection, channel: str) -> None:
         raw = conn.connection.driver_connection
         if isinstance(raw, psycopg.Connection):
             raw.add_notify_handler(self._notified_of)
             conn.exec_driver_sql(f'LISTEN "{channel}"')
-            conn.commit()
 
     def _notified_of(self, notify: psycopg.Notify) -> None:
-        self._notified.append(notify.payload)  # on the keeper's thread, inside its query
+        self._notified.put(notify.payload)  # on the keeper's thread, inside its statement
 
     def holding(self) -> bool:
         return self._conn is not None and not self._lost.is_set()
@@ -244,11 +270,36 @@ class AdvisoryLease:
             return False
         if self.ttl_s is None:  # the server keeps the lock for as long as the session lives
             return True
-        # Idle for ttl_s, the session ends: the lease is ours while the last confirmation is
-        # younger than that, less a margin for the round trip it took.
+        # Idle for ttl_s, the session ends: the lease is ours while the last confirmation
+        # (timed from before it was asked) is younger than that, less a margin.
         return time.monotonic() - self._confirmed_at < self.ttl_s - VALIDITY_MARGIN_S
 
-    def _keep(self, conn: Connection, stop: threading.Event) -> None:
+    def _keep(
+        self, conn: Connection, stop: threading.Event, notified: queue.SimpleQueue[str | None]
+    ) -> None:
+        """Own the lease's session until a stop (then unlock and close it) or its loss."""
+        lost = True
+        try:
+            lost = not self._watch(conn, stop)
+        except Exception:
+            logger.exception("scheduler lease lost: its keeper failed")
+        finally:
+            notified.put(None)  # ends the delivering thread
+            if lost and not stop.is_set():
+                self._lost.set()
+                self._conn = None
+            elif not self._lost.is_set():
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.execute(
+                        text("SELECT pg_advisory_unlock(:a, :b)"),
+                        {"a": self.key[0], "b": self.key[1]},
+                    )
+            _discard(conn)
+        if lost and not stop.is_set() and self.on_lost is not None:
+            self.on_lost()
+
+    def _watch(self, conn: Connection, stop: threading.Event) -> bool:
+        """Confirm the lock until ``stop`` (True) or until it is gone (False)."""
         raw = conn.connection.driver_connection
         fd = raw.pgconn.socket if isinstance(raw, psycopg.Connection) else None
         next_check = time.monotonic() + self.check_s
@@ -256,21 +307,15 @@ class AdvisoryLease:
             wait_s = max(0.0, min(KEEPER_STEP_S, next_check - time.monotonic()))
             ready = _readable(fd, wait_s)
             if stop.is_set():
-                return
+                return True
             if not ready and time.monotonic() < next_check:
                 continue
+            asked_at = time.monotonic()
             if not self._check(conn):
-                if not stop.is_set():
-                    self._lost.set()
-                    self._conn = None
-                    _discard(conn)
-                    if self.on_lost is not None:
-                        self.on_lost()
-                return
-            now = time.monotonic()
-            self._confirmed_at = now
-            next_check = now + self.check_s
-            self._deliver()
+                return False
+            self._confirmed_at = asked_at
+            next_check = asked_at + self.check_s
+        return True
 
     def _check(self, conn: Connection) -> bool:
         try:
@@ -282,7 +327,6 @@ class AdvisoryLease:
                 ),
                 {"a": self.key[0] & 0xFFFFFFFF, "b": self.key[1] & 0xFFFFFFFF},
             )
-            conn.commit()
         except SQLAlchemyError as exc:
             logger.error("scheduler lease lost: its connection failed (%s)", type(exc).__name__)
             return False
@@ -291,38 +335,51 @@ class AdvisoryLease:
             return False
         return True
 
-    def _deliver(self) -> None:
-        payloads, self._notified = self._notified, []
-        if payloads and self.on_notify is not None:
-            try:
-                self.on_notify(payloads)
-            except Exception:
-                logger.exception("handling %d notification(s) failed", len(payloads))
+    def _deliver(self, notified: queue.SimpleQueue[str | None]) -> None:
+        """Hand NOTIFY payloads to ``on_notify``, all those at hand at once, until the keeper
+        ends."""
+        while True:
+            first = notified.get()
+            if first is None:
+                return
+            payloads = [first]
+            more: str | None = ""
+            with contextlib.suppress(queue.Empty):
+                while (more := notified.get_nowait()) is not None:
+                    payloads.append(more)
+            if more is None:
+                notified.put(None)  # seen with others: stop after delivering them
+            if self.on_notify is not None:
+                try:
+                    self.on_notify(payloads)
+                except Exception:
+                    logger.exception("handling %d notification(s) failed", len(payloads))
 
     def release(self) -> None:
-        conn = self._conn
+        """Give the lease up: the keeper unlocks and closes its session (a keeper still inside
+        a statement does so when that returns; the session dies with the process anyway)."""
+        if self._conn is None:
+            return
+        self._conn = None
         self._stop.set()
         keeper = self._keeper
         if keeper is not None and keeper is not threading.current_thread():
-            keeper.join(KEEPER_JOIN_S)
-            if keeper.is_alive():  # stuck in a check: the connection is not ours to use
-                conn = None
-        if self._conn is not None and conn is not None and not self._lost.is_set():
-            try:
-                conn.execute(
-                    text("SELECT pg_advisory_unlock(:a, :b)"), {"a": self.key[0], "b": self.key[1]}
-                )
-                conn.commit()
-            except SQLAlchemyError:
-                pass  # closing the session drops it anyway
-        self._lost.set()
-        held, self._conn = self._conn, None
-        if held is not None:
-            _discard(held)
+            keeper.join(2 * self.round_trip_s + KEEPER_STEP_S)
+
+
+def _taken(lease: FileLease | LocalLease) -> None:
+    """Run ``on_taken`` of a lease without a session of its own; a failure gives it up."""
+    if lease.on_taken is None:
+        return
+    try:
+        lease.on_taken(None)
+    except BaseException:
+        lease.release()
+        raise
 
 
 def _discard(conn: Connection) -> None:
-    """Close the lease's session for good (never back to the pool: it holds a lock)."""
+    """Close a lease's session for good (never back to the pool: it may hold a lock)."""
     try:
         conn.invalidate()
         conn.close()

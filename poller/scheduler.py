@@ -288,9 +288,17 @@ class PollScheduler:
             raise StoreUnavailable(
                 f"could not register the poll job: {type(exc).__name__}"
             ) from exc
+        try:
+            self._store_of(request_id)[1].tell_owner("added", request_id)
+        except SQLAlchemyError as exc:  # it finds the row at its next look at the table
+            logger.warning(
+                "could not tell the leader of job %s: %s", request_id, type(exc).__name__
+            )
         return True
 
-    def spread_overdue(self, window_s: float, shard: int | None = None) -> int:
+    def spread_overdue(
+        self, window_s: float, stored_before: datetime | None = None, shard: int | None = None
+    ) -> int:
         """Move every overdue job (of ``shard``, None: every owned one) to a run time within the
         next ``window_s``; returns how many.
 
@@ -299,17 +307,19 @@ class PollScheduler:
         job-store lock, and run them all in the same second: spread, the master is asked about
         the backlog no faster than in steady state.
 
-        A job due less than one interval ago may have run just before the last owner died,
-        its new time not yet written (times are saved a second later): it runs one interval
-        after the stored time, never twice in one interval."""
+        A job that was due less than one interval before ``stored_before`` (when this process
+        loaded the store) may have run just before its last owner died, its new time not yet
+        written (times are saved a second later): it runs one interval after the stored time,
+        never twice in one interval. Jobs made due since (a reconcile's) are only spread."""
         now = datetime.now(UTC)
         interval = timedelta(seconds=self.interval_s)
         moved = 0
         for store in self._chosen(shard):
             overdue = store.get_due_jobs(now)
             for job in overdue:
-                if job.next_run_time is not None and now - job.next_run_time < interval:
-                    at = job.next_run_time + interval
+                due: datetime = job.next_run_time
+                if stored_before is not None and stored_before - interval < due < stored_before:
+                    at = due + interval
                 else:
                     at = now + timedelta(seconds=random.uniform(0, window_s))
                 job._modify(next_run_time=at)
@@ -329,7 +339,7 @@ class PollScheduler:
         cancel): tell the owner; nothing to do when this process owns it."""
         _, store = self._store_of(request_id)
         try:
-            store.changed(request_id)
+            store.tell_owner("changed", request_id)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 

@@ -13,6 +13,8 @@ import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from sqlalchemy import Connection
+
 from poller import polling
 from poller.config import Settings
 from poller.db import create_db_engine
@@ -42,6 +44,7 @@ WATCHDOG_SILENT_S = 60.0
 FAILURE_REPEAT_S = 60.0
 PENDING_WRITES_FLUSH_S = 5.0
 LEASE_RETRY_S = 1.0
+IDLE_IN_TRANSACTION_S = 60.0  # our transactions wait on the server, never on us, for long
 LEASE_CHECK_S = 2.0
 RECOVERY_STEP_S = 5.0
 HEALTH_CHECK_PERIOD_S = 2.0
@@ -66,6 +69,9 @@ class Service:
             pool_size=settings.scheduler_threads + settings.api_threads + 5,
             timeout_s=settings.database_timeout_s,
             application_name=self.session_name,
+            # A session frozen inside a transaction (its process SIGSTOPped) ends, and the row
+            # locks it holds go, well before a new leader's retries of those rows give up.
+            idle_in_transaction_s=IDLE_IN_TRANSACTION_S,
         )
         self.store = RequestStore(self.engine)
         self.clusters = {
@@ -147,6 +153,8 @@ class Service:
             me=self.session_name,
             offset=zlib.crc32(self.replica.encode()) % settings.shards,
         )
+        for lead in self.leadership.leads:
+            lead.lease.on_taken = functools.partial(self._taken, lead)
         self.health = HealthMonitor(
             {"database": self._check_database, "kafka": self.publisher.problem},
             period_s=HEALTH_CHECK_PERIOD_S,
@@ -393,12 +401,18 @@ class Service:
         lead.lease.release()
         logger.info("handed shard %d over (its fair share for another replica)", lead.shard)
 
+    def _taken(self, lead: ShardLead, session: Connection | None) -> None:
+        """A shard's lease was just taken: count it (on the session holding it, where there is
+        one) and keep the fence of our decisions about it from now on."""
+        lead.fence = self.store.take_lease(
+            lead.shard, self.replica, self.settings.shards, session
+        )
+
     def _lead(self, lead: ShardLead) -> bool:
         """This process just took the lease of a shard: repair its requests, then poll them."""
         shard = lead.shard
         in_shard = self.scheduler.shard_of
         try:
-            lead.fence = self.store.take_lease(shard, self.replica, self.settings.shards)
             stranded = {
                 cluster: ids
                 for cluster, all_ids in self.store.asking_spark_outside(self.clusters).items()
@@ -416,9 +430,12 @@ class Service:
                 return False
             self.jobs.retire(stranded)
             self.jobs.recover_submissions({shard})
+            loaded_at = datetime.now(UTC)
             self.scheduler.lead(shard)
             self.reconcile(shard, load_jobs=True)
-            overdue = self.scheduler.spread_overdue(self.settings.poll_interval_seconds, shard)
+            overdue = self.scheduler.spread_overdue(
+                self.settings.poll_interval_seconds, stored_before=loaded_at, shard=shard
+            )
             if not gc.get_freeze_count():  # once: frozen objects are never collected
                 # What was loaded on first taking the lease lives long: kept out of the cyclic
                 # collector's full passes, which stall every thread (100 ms at 10,000 jobs).
@@ -433,13 +450,13 @@ class Service:
             lead.lease.release()
             return False
         with self._stepping_down:
-            if not lead.lease.holding():  # lost while we were getting ready
+            if not lead.lease.holding() or lead.fence is None:  # lost while getting ready
                 self.scheduler.drop(shard)
-                lead.fence = None
+                if not self.leadership.held():
+                    self.scheduler.pause()
                 return False
             self._set_leading(lead, True)
-        self.scheduler.resume()
-        assert lead.fence is not None
+            self.scheduler.resume()
         logger.info(
             "holding the scheduler lease (%s, epoch %d, as %s): polling; %d overdue poll(s) "
             "spread over %.3gs",

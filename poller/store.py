@@ -24,6 +24,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -198,8 +200,10 @@ class RequestStore:
         self._counts: dict[str, tuple[int, datetime]] = {}
 
     def _with_counts(self, record: JobRecord) -> JobRecord:
+        """The record with the polls counted here and not written yet, while it is still polled.
+        Once its ending is fixed the stored record is the event's (whoever fixed it): as is."""
         pending = self._counts.get(record.request_id)  # one read of a dict: needs no lock
-        if pending is None:
+        if pending is None or record.phase.value not in ASKING_SPARK:
             return record
         return record.model_copy(
             update={"polls": record.polls + pending[0], "last_polled_at": pending[1]}
@@ -583,20 +587,31 @@ class RequestStore:
         return _record(fixed) if returning else self.get(request_id)
 
     @_translate_db_errors
-    def take_lease(self, shard: int, holder: str, shards: int = 1) -> Fence:
-        """``holder`` has just taken the lease of ``shard`` of ``shards`` (the caller holds it):
-        count it, and return the fence of the holder's writes from now on."""
-        now = utcnow()
-        values = {"holder": holder, "taken_at": now, "shards": shards}
-        with self.engine.begin() as conn:
-            taken = conn.execute(
-                update(_LEASES)
-                .where(_LEASES.c.shard == shard)
-                .values(epoch=_LEASES.c.epoch + 1, **values)
-            )
-            if not _rowcount(taken):
-                conn.execute(insert(_LEASES).values(shard=shard, epoch=1, **values))
-            epoch = conn.scalar(select(_LEASES.c.epoch).where(_LEASES.c.shard == shard))
+    def take_lease(
+        self, shard: int, holder: str, shards: int = 1, conn: Connection | None = None
+    ) -> Fence:
+        """``holder`` has just taken the lease of ``shard`` of ``shards``: count it, and return
+        the fence of the holder's writes from now on. ``conn`` is the session holding the lease
+        (one statement there: it holds the lock as the count lands), or None to use the pool."""
+        dialect = self.engine.dialect.name
+        insert_into = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert_into(_LEASES).values(
+            shard=shard, epoch=1, shards=shards, holder=holder, taken_at=utcnow()
+        )
+        counted = statement.on_conflict_do_update(
+            index_elements=[_LEASES.c.shard],
+            set_={
+                "epoch": _LEASES.c.epoch + 1,
+                "shards": statement.excluded.shards,
+                "holder": statement.excluded.holder,
+                "taken_at": statement.excluded.taken_at,
+            },
+        ).returning(_LEASES.c.epoch)
+        if conn is not None:
+            epoch = conn.scalar(counted)
+        else:
+            with self.engine.begin() as pooled:
+                epoch = pooled.scalar(counted)
         assert epoch is not None
         return Fence(shard, int(epoch))
 

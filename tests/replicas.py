@@ -131,4 +131,6 @@ def one_event_each(events: EventReader, request_ids: set[str]) -> dict[str, list
     for request_id, found in by_key.items():
         ids = {event.value["event_id"] for event in found}
         assert len(ids) == 1, f"{request_id}: {len(ids)} distinct event ids"
+        # Whoever sent a copy, it is the same event: built from the one stored record.
+        assert all(event.value == found[0].value for event in found), [e.value for e in found]
     return by_key

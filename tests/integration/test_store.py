@@ -120,6 +120,20 @@ def test_polls_counted_in_memory_are_written_for_every_request(store: RequestSto
     assert store.flush_poll_counts() == 0
 
 
+def test_a_fixed_ending_reads_the_same_in_every_process(store: RequestStore) -> None:
+    """Polls this process counted but has not written yet belong to a request still polled: once
+    another process fixed the ending, every process reads the record (and so builds the event)
+    exactly as stored."""
+    running = DriverStatus(found=True, state=DriverState.RUNNING, raw_state="RUNNING")
+    _tracked(store, "elsewhere", DRIVER)
+    store.record_poll(store.get("elsewhere"), running)  # type: ignore[arg-type]  # spark_state
+    store.record_poll(store.get("elsewhere"), running)  # type: ignore[arg-type]  # in memory
+    leader = RequestStore(store.engine)  # another process, which sees the driver end
+    fixed = leader.complete("elsewhere", DriverState.FINISHED, None)
+    assert fixed is not None
+    assert store.get("elsewhere") == fixed
+
+
 def test_concurrent_adoptions_of_one_driver_make_one_request(store: RequestStore) -> None:
     contenders = 8
     start = threading.Barrier(contenders)
