@@ -417,22 +417,22 @@ class Membership:
             if self._conn is None:
                 self._conn = self._join()
             self._conn.execute(text("SELECT 1"))
-            self._conn.commit()
         except SQLAlchemyError as exc:
             self.leave()
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     def _join(self) -> Connection:
-        conn = self.engine.connect()
+        # Autocommit, as the leases' sessions: never idle inside a transaction, where the idle
+        # limit would not end it.
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             if self.ttl_s is not None:
-                with conn.begin_nested():
+                with contextlib.suppress(SQLAlchemyError):  # PostgreSQL before 14
                     conn.execute(
                         text("SELECT set_config('idle_session_timeout', :ms, false)"),
                         {"ms": f"{int(self.ttl_s * 1000)}ms"},
                     )
             conn.execute(text("SELECT pg_advisory_lock_shared(:a, 0)"), {"a": MEMBERS_NAMESPACE})
-            conn.commit()
         except SQLAlchemyError:
             _discard(conn)
             raise

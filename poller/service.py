@@ -404,9 +404,7 @@ class Service:
     def _taken(self, lead: ShardLead, session: Connection | None) -> None:
         """A shard's lease was just taken: count it (on the session holding it, where there is
         one) and keep the fence of our decisions about it from now on."""
-        lead.fence = self.store.take_lease(
-            lead.shard, self.replica, self.settings.shards, session
-        )
+        lead.fence = self.store.take_lease(lead.shard, self.replica, self.settings.shards, session)
 
     def _lead(self, lead: ShardLead) -> bool:
         """This process just took the lease of a shard: repair its requests, then poll them."""

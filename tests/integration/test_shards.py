@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+import pytest
+
 from poller.devstack import wait_for
 from tests.conftest import JobBody
 from tests.replicas import Replica, one_event_each, submit
@@ -71,3 +73,22 @@ def test_replicas_share_the_shards_and_take_over_those_of_one_that_goes(
     for request_id, [event] in one_event_each(events, set(late)).items():
         assert event.value["state"] == "FINISHED", event.value
         assert event.value["submission_id"] == late[request_id]
+
+
+def test_a_changed_shard_count_is_refused_while_requests_are_in_flight(
+    replicas: list[Replica], job_body: JobBody
+) -> None:
+    """Requests in flight sit in the job tables of the shards they hash to: a start with another
+    count would look for them elsewhere, so it is refused, naming both counts."""
+    a, b, _ = replicas
+    a.env["POLLER_SHARDS"] = str(SHARDS)
+    a.start()
+    wait_for(lambda: _shared([a], {"a": SHARDS}), 30, "the shards to be held")
+    submit(a.current, "long", job_body(seconds=60))
+    assert a.current.terminate() == 0
+    b.env["POLLER_SHARDS"] = "2"
+    with pytest.raises(RuntimeError, match="service exited 1") as refused:
+        b.start()
+    assert f"POLLER_SHARDS is 2, but requests in flight were placed in {SHARDS} shard(s)" in str(
+        refused.value
+    )
