@@ -99,19 +99,12 @@ class Leadership:
             return Plan([lead.shard for lead in self.leads if lead.shard not in held], None)
         self.membership.keep()
         holders, members = self._who()
-        counts = dict.fromkeys(members | {self.me}, 0)
-        for holder in holders.values():
-            counts[holder] = counts.get(holder, 0) + 1
-        counts[self.me] = len(held)
-        self.members = len(counts)
-        fewest = min(counts.values())
-        if held and len(held) > fewest + 1:
-            return Plan([], max(held))
-        free = [lead.shard for lead in self.leads if lead.shard not in holders]
-        free = sorted(set(free) - set(held), key=lambda s: (s - self.offset) % self.shards)
-        # Only a replica with the fewest takes (never the one that just gave a shard up).
-        room = fair_share(self.shards, self.members) - len(held) if len(held) <= fewest else 0
-        take = free[: max(0, room)]
+        self.members = len(members | {self.me})
+        plan = balance(self.shards, held, holders, members, self.me, self.offset)
+        if plan.give is not None:
+            return plan
+        take = list(plan.take)
+        free = {lead.shard for lead in self.leads} - set(holders) - set(held)
         for lead in self.leads:
             if lead.shard in free and lead.shard not in take:
                 lead.free_beats += 1
@@ -160,3 +153,35 @@ class Leadership:
             lead.lease.release()
         if self.membership is not None:
             self.membership.leave()
+
+
+def balance(
+    shards: int,
+    held: list[int],
+    holders: dict[int, str],
+    members: set[str],
+    me: str,
+    offset: int = 0,
+) -> Plan:
+    """This beat's change for replica ``me`` holding ``held``, given who holds which shard
+    (``holders``, by session name) and the live replicas (``members``).
+
+    No replica is to hold two shards more than another: one that does hands its highest shard
+    over; a replica with the fewest takes free shards up to its fair share (never the one that
+    just gave a shard up, so a shard handed over goes to the replica it was meant for), looking
+    from ``offset`` on so that replicas starting together try different shards first."""
+    counts = dict.fromkeys(members | {me}, 0)
+    for holder in holders.values():
+        counts[holder] = counts.get(holder, 0) + 1
+    counts[me] = len(held)
+    fewest = min(counts.values())
+    if held and len(held) > fewest + 1:
+        return Plan([], max(held))
+    if len(held) > fewest:
+        return Plan([], None)
+    free = sorted(
+        set(range(shards)) - set(holders) - set(held), key=lambda s: (s - offset) % shards
+    )
+    room = fair_share(shards, len(counts)) - len(held)
+    return Plan(free[: max(0, room)], None)
+
