@@ -68,6 +68,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         # Guards everything below; held across a write-through so memory and rows agree.
         self._lock = threading.RLock()
         self._owned = False
+        self._runnable = False
         self._jobs: dict[str, Job] = {}
         self._times: dict[str, float | None] = {}
         # (next run timestamp, id); an entry whose time no longer matches _times is stale.
@@ -98,6 +99,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
             self._unsaved.clear()
             loaded = self._load(None)
             self._owned = True
+            self._runnable = False  # until the caller has spread what is overdue (runnable())
             self._generation += 1
             generation = self._generation
         # A thread of each ownership, with a stop of its own: one of an earlier ownership still
@@ -140,10 +142,17 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
                 return self._jobs.get(job_id)
         return super().lookup_job(job_id)
 
+    def runnable(self) -> None:
+        """Owned and ready: from now on the scheduler gets its due jobs."""
+        with self._lock:
+            self._runnable = self._owned
+
     def get_due_jobs(self, now: datetime) -> list[Job]:
         with self._lock:
             if not self._owned:
                 return [] if self.only_owned else list(super().get_due_jobs(now))
+            if not self._runnable:
+                return []
             limit = datetime_to_utc_timestamp(now)
             popped: dict[str, float] = {}
             heap = self._heap
@@ -297,7 +306,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         """Next run of each given job that has one, from memory; None when not owned."""
         with self._lock:
             if not self._owned:
-                return None if self.only_owned else super().get_next_run_time()
+                return None
             return {
                 job_id: utc_timestamp_to_datetime(stamp)
                 for job_id in job_ids
@@ -308,7 +317,7 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         """(jobs held, earliest next run) from memory; None when not owned."""
         with self._lock:
             if not self._owned:
-                return None if self.only_owned else super().get_next_run_time()
+                return None
             earliest = self.get_next_run_time()
             return len(self._jobs), earliest
 

@@ -184,4 +184,3 @@ def balance(
     )
     room = fair_share(shards, len(counts)) - len(held)
     return Plan(free[: max(0, room)], None)
-

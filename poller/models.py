@@ -87,6 +87,7 @@ class LeaseRow(Base):
 
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     epoch: Mapped[int] = mapped_column(BigInteger)
-    shards: Mapped[int] = mapped_column(Integer)  # the store's shard count when it was taken
+    # The store's shard count when it was taken (rows of releases before shards: 1).
+    shards: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     holder: Mapped[str] = mapped_column(String(255))
     taken_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -195,8 +195,17 @@ class PollScheduler:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     def resume(self) -> None:
+        """Run the jobs of every owned shard (each loaded and spread by now)."""
+        for store in self.stores:
+            store.runnable()
         self.scheduler.resume()
         self.scheduler.wakeup()
+
+    def idle(self) -> None:
+        """No runs for now (no shard is led), without disowning a store another thread is
+        taking the lead of."""
+        if self.scheduler.state != STATE_STOPPED:
+            self.scheduler.pause()
 
     def pause(self) -> None:
         """No new runs from now on (runs already handed to a thread finish), and no more

@@ -66,7 +66,8 @@ class Service:
         # (lease, outbox, health, watchdog, scheduler loop).
         self.engine = create_db_engine(
             settings.database_url.get_secret_value(),
-            pool_size=settings.scheduler_threads + settings.api_threads + 5,
+            # and the sessions held for good: one per shard's lease, one for membership.
+            pool_size=settings.scheduler_threads + settings.api_threads + 5 + settings.shards + 1,
             timeout_s=settings.database_timeout_s,
             application_name=self.session_name,
             # A session frozen inside a transaction (its process SIGSTOPped) ends, and the row
@@ -378,7 +379,7 @@ class Service:
             self._set_leading(lead, False)
             self.scheduler.drop(lead.shard)  # before anything else
             if not self.leadership.held():
-                self.scheduler.pause()
+                self.scheduler.idle()
                 self._beats.lost()
         self.publisher.drop_queued()  # the new leader publishes them
         logger.error(
@@ -397,7 +398,7 @@ class Service:
             self._set_leading(lead, False)
             self.scheduler.hand_over(lead.shard)
             if not self.leadership.held():
-                self.scheduler.pause()
+                self.scheduler.idle()
         lead.lease.release()
         logger.info("handed shard %d over (its fair share for another replica)", lead.shard)
 
@@ -443,15 +444,16 @@ class Service:
             logger.warning("could not take over shard %d yet: %s; retrying", shard, exc)
             self.scheduler.drop(shard)
             if not self.leadership.held():
-                self.scheduler.pause()
+                self.scheduler.idle()
             lead.fence = None
             lead.lease.release()
             return False
         with self._stepping_down:
-            if not lead.lease.holding() or lead.fence is None:  # lost while getting ready
+            ready = shard in self.scheduler.owned() and lead.fence is not None
+            if not lead.lease.holding() or not ready:  # lost while getting ready
                 self.scheduler.drop(shard)
                 if not self.leadership.held():
-                    self.scheduler.pause()
+                    self.scheduler.idle()
                 return False
             self._set_leading(lead, True)
             self.scheduler.resume()

@@ -24,7 +24,6 @@ def upgrade() -> None:
         "poller_leases",
         sa.Column("shard", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("epoch", sa.BigInteger(), nullable=False),
-        sa.Column("shards", sa.Integer(), nullable=False),
         sa.Column("holder", sa.String(255), nullable=False),
         sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False),
     )
