@@ -449,8 +449,9 @@ class Service:
             lead.lease.release()
             return False
         with self._stepping_down:
-            ready = shard in self.scheduler.owned() and lead.fence is not None
-            if not lead.lease.holding() or not ready:  # lost while getting ready
+            fence = lead.fence
+            ready = shard in self.scheduler.owned() and fence is not None
+            if not lead.lease.holding() or fence is None or not ready:  # lost meanwhile
                 self.scheduler.drop(shard)
                 if not self.leadership.held():
                     self.scheduler.idle()
@@ -461,7 +462,7 @@ class Service:
             "holding the scheduler lease (%s, epoch %d, as %s): polling; %d overdue poll(s) "
             "spread over %.3gs",
             lead.lease.description,
-            lead.fence.epoch,
+            fence.epoch,
             self.replica,
             overdue,
             self.settings.poll_interval_seconds,
