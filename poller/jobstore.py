@@ -153,6 +153,14 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
                 return [] if self.only_owned else list(super().get_due_jobs(now))
             if not self._runnable:
                 return []
+            return self.overdue(now)
+
+    def overdue(self, now: datetime) -> list[Job]:
+        """Jobs due by ``now`` while owned, whether or not the scheduler may run them yet (the
+        taking process spreads them first)."""
+        with self._lock:
+            if not self._owned:
+                return []
             limit = datetime_to_utc_timestamp(now)
             popped: dict[str, float] = {}
             heap = self._heap

@@ -324,7 +324,7 @@ class PollScheduler:
         interval = timedelta(seconds=self.interval_s)
         moved = 0
         for store in self._chosen(shard):
-            overdue = store.get_due_jobs(now)
+            overdue = store.overdue(now)
             for job in overdue:
                 due: datetime = job.next_run_time
                 if stored_before is not None and stored_before - interval < due < stored_before:
