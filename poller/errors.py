@@ -14,6 +14,7 @@ PollerError
 +-- PublishFailed         Kafka did not confirm the event (transient)
 +-- LeaseLost             another process leads now: its decision, not ours
 +-- ConfigMismatch        the configuration contradicts what the store holds (start refused)
++-- ReplicaIdInUse        another live process goes by this one's replica id (it waits)
 """
 
 from __future__ import annotations
@@ -105,3 +106,8 @@ class LeaseLost(PollerError):
 class ConfigMismatch(PollerError):
     """The configuration contradicts what the store holds (a changed shard count with requests
     in flight): the start is refused rather than the requests mislaid."""
+
+
+class ReplicaIdInUse(PollerError):
+    """Another live process goes by this one's replica id: the replicas would be counted as one
+    when sharing the shards, so this one takes none until the other has gone."""

@@ -14,11 +14,12 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from poller.errors import StoreUnavailable
+from poller.errors import ConfigMismatch, ReplicaIdInUse, StoreUnavailable
 from poller.lease import ADVISORY_NAMESPACE, MEMBERS_NAMESPACE, Lease, Membership
+from poller.models import LayoutRow
 from poller.schemas import Fence
 from poller.shards import fair_share
 
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 # Beats a shard must be seen free before a replica at its fair share takes it anyway.
 ORPHAN_BEATS = 3
+# Beats without a hand-over after one that nobody took (doubling each time, up to the most):
+# a replica that counts as a member but never takes would otherwise be handed shards for ever.
+GIVE_PAUSE_BEATS = 10
+GIVE_PAUSE_MAX_BEATS = 600
 
 
 @dataclass
@@ -75,6 +80,10 @@ class Leadership:
         self.me = me
         self.offset = offset
         self.members = 1
+        self.beat = 0
+        self.given: dict[int, int] = {}  # shard handed over -> the beat it was
+        self.no_give_until = 0
+        self.give_pause = GIVE_PAUSE_BEATS
 
     @property
     def shards(self) -> int:
@@ -88,7 +97,8 @@ class Leadership:
 
     def plan(self) -> Plan:
         """Decide this beat's changes from who holds which shard now. Raises StoreUnavailable
-        when it cannot tell.
+        when it cannot tell, ConfigMismatch when the store is sliced into another count of
+        shards now, ReplicaIdInUse while another live process goes by this one's name.
 
         Balanced means no live replica holds two shards more than another: one above that
         hands a shard over (one per beat, the others see it free next beat); one with the fewest
@@ -98,10 +108,31 @@ class Leadership:
         if self.membership is None or self.engine is None:
             return Plan([lead.shard for lead in self.leads if lead.shard not in held], None)
         self.membership.keep()
-        holders, members = self._who()
+        holders, members, in_force, twins = self._who()
+        if in_force != self.shards:
+            raise ConfigMismatch(
+                f"POLLER_SHARDS is {self.shards}, but the store is sliced into {in_force} "
+                "shard(s) now (another replica settled it): start every replica with that count"
+            )
+        if twins:
+            raise ReplicaIdInUse(
+                f"another live process goes by this replica's name ({self.me!r}, its session "
+                f"pid(s) {', '.join(map(str, sorted(twins)))}): waiting for it to go before "
+                "taking any shard; give every replica its own POLLER_REPLICA_ID"
+            )
+        self.beat += 1
         self.members = len(members | {self.me})
+        for shard, at in list(self.given.items()):
+            if shard in holders and shard not in held:  # taken by another: a hand-over done
+                del self.given[shard]
+                self.give_pause = GIVE_PAUSE_BEATS
+            elif self.beat - at > ORPHAN_BEATS * 4:
+                del self.given[shard]
         plan = balance(self.shards, held, holders, members, self.me, self.offset)
         if plan.give is not None:
+            if self.beat < self.no_give_until:
+                return Plan([], None)
+            self.given[plan.give] = self.beat
             return plan
         take = list(plan.take)
         free = {lead.shard for lead in self.leads} - set(holders) - set(held)
@@ -112,19 +143,26 @@ class Leadership:
                     take.append(lead.shard)
             else:
                 lead.free_beats = 0
+        if any(shard in self.given for shard in take):  # handed over, and nobody took it
+            self.no_give_until = self.beat + self.give_pause
+            self.give_pause = min(self.give_pause * 2, GIVE_PAUSE_MAX_BEATS)
+            for shard in take:
+                self.given.pop(shard, None)
         return Plan(take, None)
 
-    def _who(self) -> tuple[dict[int, str], set[str]]:
-        """Who holds which shard's lease ({shard: session name}), and which replicas are
-        counted members (their session names): one look at the server's lock table."""
+    def _who(self) -> tuple[dict[int, str], set[str], int, set[int]]:
+        """Who holds which shard's lease ({shard: session name}), which replicas are counted
+        members (their session names), the store's shard count, and the sessions of other
+        members that go by our name: one look at the server's lock table, one at the layout."""
         assert self.engine is not None
+        assert self.membership is not None
         try:
             with self.engine.connect() as conn:
                 rows = list(
                     conn.execute(
                         text(
                             "SELECT l.classid::bigint AS ns, l.objid::bigint AS shard,"
-                            " a.application_name AS name FROM pg_locks l"
+                            " l.pid AS pid, a.application_name AS name FROM pg_locks l"
                             " JOIN pg_stat_activity a ON a.pid = l.pid"
                             " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
                             " AND l.classid::bigint IN (:leases, :members) AND l.database ="
@@ -136,6 +174,7 @@ class Leadership:
                         },
                     )
                 )
+                in_force = conn.scalar(select(LayoutRow.shards).where(LayoutRow.id == 1))
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         holders = {
@@ -144,7 +183,14 @@ class Leadership:
             if row.ns == ADVISORY_NAMESPACE & 0xFFFFFFFF
         }
         members = {str(row.name) for row in rows if row.ns == MEMBERS_NAMESPACE & 0xFFFFFFFF}
-        return holders, members
+        twins = {
+            int(row.pid)
+            for row in rows
+            if row.ns == MEMBERS_NAMESPACE & 0xFFFFFFFF
+            and row.name == self.me
+            and row.pid != self.membership.pid
+        }
+        return holders, members, 1 if in_force is None else int(in_force), twins
 
     def release_all(self) -> None:
         for lead in self.leads:
@@ -167,20 +213,21 @@ def balance(
     (``holders``, by session name) and the live replicas (``members``).
 
     No replica is to hold two shards more than another: one that does hands its highest shard
-    over; a replica with the fewest takes free shards up to its fair share (never the one that
-    just gave a shard up, so a shard handed over goes to the replica it was meant for), looking
-    from ``offset`` on so that replicas starting together try different shards first."""
+    over, once no shard is free (a free one goes to a replica with the fewest first). A replica
+    with the fewest takes free shards up to its fair share (never the one that just gave a
+    shard up, so a shard handed over goes to the replica it was meant for), looking from
+    ``offset`` on so that replicas starting together try different shards first."""
     counts = dict.fromkeys(members | {me}, 0)
     for holder in holders.values():
         counts[holder] = counts.get(holder, 0) + 1
     counts[me] = len(held)
     fewest = min(counts.values())
-    if held and len(held) > fewest + 1:
-        return Plan([], max(held))
-    if len(held) > fewest:
-        return Plan([], None)
     free = sorted(
         set(range(shards)) - set(holders) - set(held), key=lambda s: (s - offset) % shards
     )
+    if held and len(held) > fewest + 1 and not free:
+        return Plan([], max(held))
+    if len(held) > fewest:
+        return Plan([], None)
     room = fair_share(shards, len(counts)) - len(held)
     return Plan(free[: max(0, room)], None)

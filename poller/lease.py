@@ -410,6 +410,7 @@ class Membership:
         self.engine = engine
         self.ttl_s = ttl_s
         self._conn: Connection | None = None
+        self.pid: int | None = None  # the server process of our session, while in
 
     def keep(self) -> None:
         """Be counted (joining first if this process is not in yet, or its session ended)."""
@@ -433,12 +434,14 @@ class Membership:
                         {"ms": f"{int(self.ttl_s * 1000)}ms"},
                     )
             conn.execute(text("SELECT pg_advisory_lock_shared(:a, 0)"), {"a": MEMBERS_NAMESPACE})
+            self.pid = conn.scalar(text("SELECT pg_backend_pid()"))
         except SQLAlchemyError:
             _discard(conn)
             raise
         return conn
 
     def leave(self) -> None:
+        self.pid = None
         conn, self._conn = self._conn, None
         if conn is not None:
             _discard(conn)

@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 TABLE = "poller_requests"
-LEASES_TABLE = "poller_leases"  # since 0003 (its shards column since 0004)
+LEASES_TABLE = "poller_leases"  # since 0003
+LAYOUT_TABLE = "poller_layout"  # since 0004
 OUR_TABLES = frozenset(Base.metadata.tables)
 UPGRADE_FIX = "run `spark-poller db upgrade`"
 # Tables made by create_all before migrations: the revision each column set stands for.
@@ -132,8 +133,7 @@ def _unversioned(conn: Connection) -> str | None:
         return None
     columns = {str(column["name"]) for column in inspector.get_columns(TABLE)}
     if columns == FIRST_COLUMNS | TRACE_COLUMNS and inspector.has_table(LEASES_TABLE):
-        leases = {str(column["name"]) for column in inspector.get_columns(LEASES_TABLE)}
-        return "0004" if "shards" in leases else "0003"
+        return "0004" if inspector.has_table(LAYOUT_TABLE) else "0003"
     for revision, expected in UNVERSIONED:
         if columns == expected:
             return revision

@@ -87,7 +87,16 @@ class LeaseRow(Base):
 
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     epoch: Mapped[int] = mapped_column(BigInteger)
-    # The store's shard count when it was taken (rows of releases before shards: 1).
-    shards: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     holder: Mapped[str] = mapped_column(String(255))
     taken_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LayoutRow(Base):
+    """How the store's requests are sliced into shards: one row, written before any lease is
+    taken. Requests in flight sit in the job tables of the shards they hash to under this count,
+    so it changes only while none is in flight, and a lease is taken only under it."""
+
+    __tablename__ = "poller_layout"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    shards: Mapped[int] = mapped_column(Integer)

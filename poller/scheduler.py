@@ -352,14 +352,15 @@ class PollScheduler:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
-    def remove(self, request_id: str) -> None:
-        """Remove the poll job of ``request_id``; a job already gone is fine.
+    def remove(self, request_id: str, shard: int | None = None) -> None:
+        """Remove the poll job of ``request_id`` from the table of ``shard`` (None: the shard
+        it hashes to); a job already gone is fine.
 
         Once the scheduler stops, nothing is removed: the next start drops the jobs of requests
         that are done (reconcile), and a stop never waits on the job store."""
         if self.scheduler.state == STATE_STOPPED:
             return
-        alias, _ = self._store_of(request_id)
+        alias = self._store_of(request_id)[0] if shard is None else _alias(shard)
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(request_id, jobstore=alias)
 

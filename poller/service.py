@@ -45,7 +45,6 @@ FAILURE_REPEAT_S = 60.0
 PENDING_WRITES_FLUSH_S = 5.0
 LEASE_RETRY_S = 1.0
 IDLE_IN_TRANSACTION_S = 60.0  # our transactions wait on the server, never on us, for long
-LEASE_CHECK_S = 2.0
 RECOVERY_STEP_S = 5.0
 HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_STALE_AFTER_S = 15.0
@@ -61,7 +60,7 @@ class Service:
         self.settings = settings
         self.replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         # Its sessions' application_name: pg_stat_activity, and the shards' holders, by replica.
-        self.session_name = f"spark-poller {self.replica}"[:63]
+        self.session_name = session_name(self.replica)
         # Every thread that may use the database at once: poll runs, API handlers, and ours
         # (lease, outbox, health, watchdog, scheduler loop).
         self.engine = create_db_engine(
@@ -201,16 +200,9 @@ class Service:
         )
 
     def _check_shards(self) -> None:
-        """Requests in flight were placed in shards by the count their leases were taken with:
-        another count would look for them in the wrong job tables."""
-        wanted = self.settings.shards
-        before = self.store.shard_counts() - {wanted}
-        if before and self.store.active_ids():
-            raise ConfigMismatch(
-                f"POLLER_SHARDS is {wanted}, but requests in flight were placed in "
-                f"{', '.join(map(str, sorted(before)))} shard(s): start with that count until "
-                "they are done"
-            )
+        """Requests in flight were placed in shards by the count in force: another count would
+        look for them in the wrong job tables, so it is refused until none is in flight."""
+        self.store.settle_shards(self.settings.shards)
 
     def activate(self) -> None:
         """The HTTP socket is bound: from now on the watchdog competes for the scheduler lease."""
@@ -246,6 +238,11 @@ class Service:
             )
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
+        # No run of ours decides anything from here: the shards go to the others at once, not
+        # after the flushes below (a poll still running finds its fence gone).
+        for lead in self.leadership.leads:
+            self._set_leading(lead, False)
+        self.leadership.release_all()
         self.jobs.flush_pending_writes(PENDING_WRITES_FLUSH_S)
         try:
             self.store.flush_poll_counts()
@@ -256,9 +253,6 @@ class Service:
         self.publisher.close()  # flushes: the reports of events still on their way arrive
         self.outbox.stop()
         polling.install(None)
-        for lead in self.leadership.leads:
-            self._set_leading(lead, False)
-        self.leadership.release_all()  # hands every shard over: the others take them at once
         for client in self.clusters.values():
             client.close()
         for source in self.sources.values():
@@ -282,8 +276,8 @@ class Service:
         now = datetime.now(UTC)
         for request_id in sorted(missing):
             self.scheduler.add(request_id, first_run_at=now)
-        for request_id in sorted(orphans):
-            self.scheduler.remove(request_id)
+        for request_id in sorted(orphans):  # from this table, whichever shard it hashes to
+            self.scheduler.remove(request_id, shard)
         if missing or orphans:
             logger.warning(
                 "reconciled poll jobs: re-created %d missing (%s), removed %d orphan(s) (%s)",
@@ -310,6 +304,9 @@ class Service:
                 return
             try:
                 self._watch_step(self.heartbeat)
+            except ConfigMismatch as exc:  # another replica settled another shard count
+                self._die(exc.message)
+                return
             except Exception as exc:
                 self._beats.failed(exc)
             else:
@@ -561,7 +558,7 @@ class _Beats:
     """When the watchdog does each of its chores next, and what it last said."""
 
     def __init__(self) -> None:
-        self.next_lease_try = self.next_lease_check = 0.0
+        self.next_lease_try = 0.0
         self.next_recovery = self.next_reconcile = 0.0
         self.next_counts_flush = 0.0
         self.counts_failed_at = float("-inf")
@@ -571,7 +568,6 @@ class _Beats:
         self._last_failure_at = float("-inf")
 
     def led(self, now: float, reconcile_interval_s: float) -> None:
-        self.next_lease_check = now + LEASE_CHECK_S
         self.next_recovery = now + RECOVERY_STEP_S
         self.next_reconcile = now + reconcile_interval_s
 
@@ -595,6 +591,17 @@ class _Beats:
         if text != self._last_failure or now - self._last_failure_at > FAILURE_REPEAT_S:
             self._last_failure, self._last_failure_at = text, now
             logger.warning("watchdog step failed, retrying every %.0fs: %s", WATCHDOG_STEP_S, text)
+
+
+def session_name(replica: str) -> str:
+    """The ``application_name`` of a replica's sessions, by which the replicas tell each other
+    apart: PostgreSQL keeps 63 bytes of printable ASCII, so a longer or other name is shortened
+    to its start and a checksum of the whole (two long pod names differ only at the end)."""
+    name = f"spark-poller {replica}"
+    if len(name) <= 63 and name.isascii() and name.isprintable():
+        return name
+    start = "".join(c if c.isascii() and c.isprintable() else "?" for c in replica)[:40]
+    return f"spark-poller {start}~{zlib.crc32(replica.encode()):08x}"
 
 
 def _sample(ids: set[str], limit: int = 5) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -32,9 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from poller import migrate
 from poller.db import database_unavailable
-from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
+from poller.errors import ConfigMismatch, DriverTaken, RequestConflict, StoreUnavailable
 from poller.group_commit import GroupCommit
-from poller.models import LeaseRow, RequestRow
+from poller.models import LayoutRow, LeaseRow, RequestRow, UTCDateTime
 from poller.schemas import (
     DriverState,
     DriverStatus,
@@ -103,6 +104,8 @@ _FIX = (
     )
 )
 _LEASES = cast(Table, LeaseRow.__table__)
+_LAYOUT = cast(Table, LayoutRow.__table__)
+LAYOUT_ID = 1  # the one row of poller_layout
 # A leader's ending lands only while its lease was not taken by anyone since (see LeaseRow).
 _FENCED_FIX = _FIX.where(
     select(_LEASES.c.epoch).where(_LEASES.c.shard == bindparam("shard")).scalar_subquery()
@@ -592,34 +595,81 @@ class RequestStore:
     ) -> Fence:
         """``holder`` has just taken the lease of ``shard`` of ``shards``: count it, and return
         the fence of the holder's writes from now on. ``conn`` is the session holding the lease
-        (one statement there: it holds the lock as the count lands), or None to use the pool."""
+        (one statement there: it holds the lock as the count lands), or None to use the pool.
+
+        The count lands only while the store is sliced into ``shards`` (:meth:`settle_shards`):
+        a replica started with another count never leads. Raises ConfigMismatch then."""
         dialect = self.engine.dialect.name
         insert_into = pg_insert if dialect == "postgresql" else sqlite_insert
-        statement = insert_into(_LEASES).values(
-            shard=shard, epoch=1, shards=shards, holder=holder, taken_at=utcnow()
+        in_force = (
+            select(_LAYOUT.c.id)
+            .where(_LAYOUT.c.id == LAYOUT_ID, _LAYOUT.c.shards == shards)
+            .exists()
+        )
+        statement = insert_into(_LEASES).from_select(
+            ["shard", "epoch", "holder", "taken_at"],
+            select(
+                literal(shard), literal(1), literal(holder), literal(utcnow(), UTCDateTime())
+            ).where(in_force),
         )
         counted = statement.on_conflict_do_update(
             index_elements=[_LEASES.c.shard],
             set_={
                 "epoch": _LEASES.c.epoch + 1,
-                "shards": statement.excluded.shards,
                 "holder": statement.excluded.holder,
                 "taken_at": statement.excluded.taken_at,
             },
+            where=in_force,
         ).returning(_LEASES.c.epoch)
         if conn is not None:
             epoch = conn.scalar(counted)
         else:
             with self.engine.begin() as pooled:
                 epoch = pooled.scalar(counted)
-        assert epoch is not None
+        if epoch is None:
+            raise ConfigMismatch(
+                f"POLLER_SHARDS is {shards}, but the store is sliced into "
+                f"{self.shards_in_force()} shard(s) now: start every replica with that count"
+            )
         return Fence(shard, int(epoch))
 
     @_translate_db_errors
-    def shard_counts(self) -> set[int]:
-        """The shard counts the store's leases were taken with (empty: never led)."""
+    def settle_shards(self, shards: int) -> int:
+        """Slice the store into ``shards`` from now on, unless requests are in flight under
+        another count (raises ConfigMismatch: they would be looked for in the wrong job tables).
+        Returns the count before (a store from before shards had 1)."""
+        dialect = self.engine.dialect.name
+        insert_into = pg_insert if dialect == "postgresql" else sqlite_insert
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert_into(_LAYOUT).values(id=LAYOUT_ID, shards=1).on_conflict_do_nothing()
+            )
+            before = conn.scalar(
+                select(_LAYOUT.c.shards).where(_LAYOUT.c.id == LAYOUT_ID).with_for_update()
+            )
+            assert before is not None
+            if before == shards:
+                return shards
+            in_flight = conn.scalar(
+                select(func.count())
+                .select_from(_REQUESTS)
+                .where(_REQUESTS.c.phase.in_(ACTIVE_PHASES))
+            )
+            if in_flight:
+                raise ConfigMismatch(
+                    f"POLLER_SHARDS is {shards}, but {in_flight} request(s) in flight were placed "
+                    f"in {before} shard(s): start with POLLER_SHARDS={before} until they are done"
+                )
+            conn.execute(update(_LAYOUT).where(_LAYOUT.c.id == LAYOUT_ID).values(shards=shards))
+        logger.warning("the store is sliced into %d shard(s) from now on (was %d)", shards, before)
+        return int(before)
+
+    @_translate_db_errors
+    def shards_in_force(self) -> int:
+        """How many shards the store is sliced into now (1 before any replica settled it)."""
         with self.engine.connect() as conn:
-            return {int(n) for n in conn.scalars(select(_LEASES.c.shards).distinct())}
+            shards = conn.scalar(select(_LAYOUT.c.shards).where(_LAYOUT.c.id == LAYOUT_ID))
+        return 1 if shards is None else int(shards)
 
     @_translate_db_errors
     def fence_holds(self, fence: Fence) -> bool:
