@@ -28,6 +28,7 @@ from poller.errors import (
     LeaseLost,
     PollerError,
     PublishFailed,
+    ReplicaIdInUse,
     RequestConflict,
     RequestNotFound,
     SparkRejected,
@@ -74,6 +75,7 @@ ERROR_STATUS: list[tuple[type[PollerError], int]] = [
     (PublishFailed, 503),
     (LeaseLost, 503),
     (ConfigMismatch, 503),
+    (ReplicaIdInUse, 503),
 ]
 
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
 from poller.devstack import SparkStandalone, free_port, header_text, wait_for
+from poller.shards import JOBS_TABLE
 
 JOB_SCRIPT = """\
 import sys, time
@@ -227,11 +228,12 @@ class EventReader:
 
 
 def poll_job_ids(database_url: str) -> set[str]:
-    """Ids of the APScheduler jobs stored in the service's database."""
+    """Ids of the APScheduler jobs stored in the service's database (every shard's table)."""
     engine = sa.create_engine(database_url)
     try:
+        tables = [t for t in sa.inspect(engine).get_table_names() if t.startswith(JOBS_TABLE)]
         with engine.connect() as conn:
-            return set(conn.scalars(sa.text("SELECT id FROM apscheduler_jobs")))
+            return {i for table in tables for i in conn.scalars(sa.text(f"SELECT id FROM {table}"))}
     finally:
         engine.dispose()
 

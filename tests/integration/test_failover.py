@@ -18,9 +18,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import requests
 
 from poller.devstack import Postgres, SparkStandalone, wait_for
+from poller.shards import shard_of
 from tests.conftest import JobBody
 from tests.replicas import (
     Replica,
@@ -221,15 +223,20 @@ class Spread:
                 time.sleep(0.1)
 
 
+@pytest.mark.parametrize("shards", [1, 4], ids=["one-lease", "four-shards"])
 def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
     replicas: list[Replica],
     spark: SparkStandalone,
     job_body: JobBody,
     events: EventReader,
+    shards: int,
 ) -> None:
-    rng = random.Random(20261206)
+    """One lease: the leader is killed. Four shards: a replica holding shards is killed (and
+    each restart takes its share back, so hand-overs happen as well as takeovers)."""
+    rng = random.Random(20261206 + shards)
     for slot in replicas:
         slot.env["POLLER_POLL_INTERVAL_SECONDS"] = str(HA_INTERVAL_S)
+        slot.env["POLLER_SHARDS"] = str(shards)
     replicas[0].start()
     wait_leader(replicas[:1])
     for slot in replicas[1:]:
@@ -237,15 +244,27 @@ def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
     client = Spread(replicas, rng)
     submitted: dict[str, str | None] = {}
     cancelled: set[str] = set()
-    kills: list[tuple[float, str]] = []  # (when, slot)
+    kills: list[tuple[float, str, list[int]]] = []  # (when, slot, shards it held)
     done = threading.Event()
+
+    def victim() -> tuple[Replica, list[int]]:
+        if shards == 1:
+            return wait_leader(replicas), [0]
+        holding: list[tuple[Replica, list[int]]] = []
+
+        def some() -> bool:
+            holding[:] = [(slot, held) for slot in replicas if (held := slot.shards())]
+            return bool(holding)
+
+        wait_for(some, 30, "a replica holding shards")
+        return rng.choice(holding)
 
     def killer() -> None:
         while len(kills) < HA_KILLS and not done.is_set():
             time.sleep(rng.uniform(4, 7))
-            leader = wait_leader(replicas)
+            leader, held = victim()
             leader.current.kill9()
-            kills.append((time.time(), leader.name))  # dead now: later calls are others'
+            kills.append((time.time(), leader.name, held))  # dead now: later calls are others'
             time.sleep(rng.uniform(0.5, 2))
             leader.start()
 
@@ -297,16 +316,27 @@ def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
         "poll jobs to be gone",
     )
 
-    # Failover: from each kill to the next status call (only a leader asks for one here).
+    # Failover: from each kill to the next status call of a driver in a shard the killed one
+    # held, by another replica (only a shard's holder asks for one here).
     status = sorted(
         ((call, slot.name) for slot in replicas for call in slot.proxy.seen("status")),
         key=lambda pair: pair[0].at,
     )
+    shard_of_driver = {
+        sid: shard_of(rid, shards) for rid, sid in submitted.items() if sid is not None
+    }
     failovers = []
-    for killed_at, _slot in kills:
-        after = [call.at for call, _ in status if call.at > killed_at]
-        assert after, "no poll after a kill"
-        failovers.append(after[0] - killed_at)
+    for killed_at, killed, held in kills:
+        after = [
+            call.at
+            for call, slot_name in status
+            if call.at > killed_at
+            and slot_name != killed
+            and shard_of_driver.get(call.driver) in held
+        ]
+        if after:  # none: no driver of those shards was left in flight
+            failovers.append(after[0] - killed_at)
+    assert len(failovers) >= HA_KILLS // 2, failovers
     # Two leaders never ask about one driver within half an interval of each other.
     last: dict[str, tuple[ProxiedCall, str]] = {}
     double: list[str] = []
@@ -318,7 +348,7 @@ def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
                 double.append(f"{call.driver}: {earlier[1]} then {slot_name} {gap:.2f}s apart")
         last[call.driver] = (call, slot_name)
     print(
-        f"ha: requests={len(submitted)} kills={len(kills)} failover "
+        f"ha: shards={shards} requests={len(submitted)} kills={len(kills)} failover "
         f"min={min(failovers):.2f}s median={statistics.median(failovers):.2f}s "
         f"max={max(failovers):.2f}s duplicates={counts.pop('duplicates', 0)} lost=0 wrong=0 "
         f"double_polls={len(double)} status_calls={len(status)} states={dict(counts)}"

@@ -150,7 +150,7 @@ def test_an_empty_database_gets_the_schema_of_the_models(engine: sa.Engine) -> N
 
 def test_revision_0001_is_the_previous_release(engine: sa.Engine) -> None:
     """The previous release's models differ from these by the two trace columns and the
-    lease table alone."""
+    lease and layout tables alone."""
     _previous_release(engine)
     found = sorted(
         (diff[0], diff[1].name if diff[0] == "add_table" else diff[3].name)
@@ -159,6 +159,7 @@ def test_revision_0001_is_the_previous_release(engine: sa.Engine) -> None:
     assert found == [
         ("add_column", "traceparent"),
         ("add_column", "tracestate"),
+        ("add_table", "poller_layout"),
         ("add_table", "poller_leases"),
     ]
 

@@ -8,6 +8,8 @@ import sys
 import time
 from collections import defaultdict
 
+import sqlalchemy as sa
+
 from poller.devstack import wait_for
 from tests.conftest import JobBody
 from tests.replicas import Replica, one_event_each, submit
@@ -77,25 +79,44 @@ def test_replicas_share_the_shards_and_take_over_those_of_one_that_goes(
         assert event.value["submission_id"] == late[request_id]
 
 
-def test_a_changed_shard_count_is_refused_while_requests_are_in_flight(
+def test_a_changed_shard_count_waits_until_no_request_is_in_flight(
     replicas: list[Replica], job_body: JobBody
 ) -> None:
-    """Requests in flight sit in the job tables of the shards they hash to: a start with another
-    count would look for them elsewhere, so it is refused, naming both counts."""
+    """Requests in flight sit in the job tables of the shards they hash to, under the count in
+    force: another count would look for them elsewhere. A start with another count is refused
+    while any is in flight (a store from before shards counts as one shard); once none is, the
+    new count is settled, and a replica still running with the old one stops."""
     a, b, _ = replicas
-    a.env["POLLER_SHARDS"] = str(SHARDS)
+    a.env = {**a.env, "POLLER_SHARDS": "1"}
+    b.env = {**b.env, "POLLER_SHARDS": str(SHARDS)}
     a.start()
-    wait_for(lambda: _shared([a], {"a": SHARDS}), 30, "the shards to be held")
-    submit(a.current, "long", job_body(seconds=60))
+    submit(a.current, "long", job_body(seconds=120))
     assert a.current.terminate() == 0
+    # The release before shards wrote no layout: its requests sit in the one table there was.
+    engine = sa.create_engine(a.env["POLLER_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM poller_layout"))
+    engine.dispose()
+
     refused = subprocess.run(
         [sys.executable, "-m", "poller", "serve"],
-        env={**b.env, "POLLER_SHARDS": "2", "POLLER_SPARK_REST_URL": b.proxy.url},
+        env={**b.env, "POLLER_SPARK_REST_URL": b.proxy.url},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert refused.returncode != 0
-    said = f"POLLER_SHARDS is 2, but requests in flight were placed in {SHARDS} shard(s)"
+    said = f"POLLER_SHARDS is {SHARDS}, but 1 request(s) in flight were placed in 1 shard(s)"
     assert said in refused.stdout + refused.stderr
+
+    # The old count runs on; once the request is done, the new count may be settled.
+    a.start()
+    assert a.current.delete("/jobs/long", params={"kill": "true"}).status_code in {200, 202}
+    wait_for(lambda: a.current.job("long")["phase"] == "done", 90, "the cancel to end")
+    b.start()
+    wait_for(lambda: not a.current.running(), 30, "the replica with the old count to stop")
+    assert a.current.proc is not None
+    assert a.current.proc.returncode != 0
+    assert f"the store is sliced into {SHARDS} shard(s) now" in a.current.logs()
+    wait_for(lambda: _shared([b], {"b": SHARDS}), 30, "the new count's shards to be held")
