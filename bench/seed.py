@@ -90,7 +90,9 @@ def seed(
 ) -> list[str]:
     """Record one polling request (and its poll job, in its shard's table) per driver; returns
     the request ids."""
-    RequestStore(engine).create_schema()
+    store = RequestStore(engine)
+    store.create_schema()
+    store.settle_shards(shards)  # before the first request, as a first start would
     now = datetime.now(UTC)
     request_ids = [f"bench-{i:06d}" for i in range(len(submission_ids))]
     requests_t = RequestRow.__table__

@@ -122,6 +122,9 @@ class Leadership:
             )
         self.beat += 1
         self.members = len(members | {self.me})
+        free = {lead.shard for lead in self.leads} - set(holders) - set(held)
+        for lead in self.leads:  # counted every beat, whatever this one decides
+            lead.free_beats = lead.free_beats + 1 if lead.shard in free else 0
         for shard, at in list(self.given.items()):
             if shard in holders and shard not in held:  # taken by another: a hand-over done
                 del self.given[shard]
@@ -135,14 +138,9 @@ class Leadership:
             self.given[plan.give] = self.beat
             return plan
         take = list(plan.take)
-        free = {lead.shard for lead in self.leads} - set(holders) - set(held)
         for lead in self.leads:
-            if lead.shard in free and lead.shard not in take:
-                lead.free_beats += 1
-                if lead.free_beats >= ORPHAN_BEATS:  # nobody else takes it: we do
-                    take.append(lead.shard)
-            else:
-                lead.free_beats = 0
+            if lead.free_beats >= ORPHAN_BEATS and lead.shard not in take:
+                take.append(lead.shard)  # nobody else takes it: we do
         if any(shard in self.given for shard in take):  # handed over, and nobody took it
             self.no_give_until = self.beat + self.give_pause
             self.give_pause = min(self.give_pause * 2, GIVE_PAUSE_MAX_BEATS)
@@ -162,7 +160,8 @@ class Leadership:
                     conn.execute(
                         text(
                             "SELECT l.classid::bigint AS ns, l.objid::bigint AS shard,"
-                            " l.pid AS pid, a.application_name AS name FROM pg_locks l"
+                            " l.pid AS pid, a.application_name AS name,"
+                            " a.backend_start AS since FROM pg_locks l"
                             " JOIN pg_stat_activity a ON a.pid = l.pid"
                             " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
                             " AND l.classid::bigint IN (:leases, :members) AND l.database ="
@@ -183,12 +182,15 @@ class Leadership:
             if row.ns == ADVISORY_NAMESPACE & 0xFFFFFFFF
         }
         members = {str(row.name) for row in rows if row.ns == MEMBERS_NAMESPACE & 0xFFFFFFFF}
+        # Of two processes going by one name, the later waits: the first goes on leading.
+        named = [
+            row for row in rows if row.ns == MEMBERS_NAMESPACE & 0xFFFFFFFF and row.name == self.me
+        ]
+        mine = [row.since for row in named if row.pid == self.membership.pid]
         twins = {
             int(row.pid)
-            for row in rows
-            if row.ns == MEMBERS_NAMESPACE & 0xFFFFFFFF
-            and row.name == self.me
-            and row.pid != self.membership.pid
+            for row in named
+            if row.pid != self.membership.pid and (not mine or row.since <= mine[0])
         }
         return holders, members, 1 if in_force is None else int(in_force), twins
 

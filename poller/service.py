@@ -202,7 +202,7 @@ class Service:
     def _check_shards(self) -> None:
         """Requests in flight were placed in shards by the count in force: another count would
         look for them in the wrong job tables, so it is refused until none is in flight."""
-        self.store.settle_shards(self.settings.shards)
+        self.store.settle_shards(self.settings.shards, self.session_name)
 
     def activate(self) -> None:
         """The HTTP socket is bound: from now on the watchdog competes for the scheduler lease."""
@@ -238,11 +238,10 @@ class Service:
             )
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
-        # No run of ours decides anything from here: the shards go to the others at once, not
-        # after the flushes below (a poll still running finds its fence gone).
+        # No run of ours decides anything from here (a poll still running finds its fence gone)
+        # and the next run times are written; the leases go once our events are flushed.
         for lead in self.leadership.leads:
-            self._set_leading(lead, False)
-        self.leadership.release_all()
+            self._quiesce(lead)
         self.jobs.flush_pending_writes(PENDING_WRITES_FLUSH_S)
         try:
             self.store.flush_poll_counts()
@@ -253,6 +252,7 @@ class Service:
         self.publisher.close()  # flushes: the reports of events still on their way arrive
         self.outbox.stop()
         polling.install(None)
+        self.leadership.release_all()  # the others take our shards at their next beat
         for client in self.clusters.values():
             client.close()
         for source in self.sources.values():
@@ -305,6 +305,8 @@ class Service:
             try:
                 self._watch_step(self.heartbeat)
             except ConfigMismatch as exc:  # another replica settled another shard count
+                for lead in self.leadership.leads:
+                    self._step_down(lead)
                 self._die(exc.message)
                 return
             except Exception as exc:
@@ -343,6 +345,8 @@ class Service:
             if plan.give is not None:
                 self._hand_over(leadership.leads[plan.give])
             for shard in plan.take:
+                if self._stopping.is_set():  # the stop hands the shards over: take none
+                    return
                 lead = leadership.leads[shard]
                 if lead.lease.try_acquire() and self._lead(lead):
                     beats.led(now, self.settings.reconcile_interval_s)
@@ -388,16 +392,22 @@ class Service:
     def _hand_over(self, lead: ShardLead) -> None:
         """Give a shard up on purpose (another replica joined): its runs stop, its next run
         times are written, then its lease goes, and a replica below its share takes it."""
+        if self._quiesce(lead):
+            lead.lease.release()
+            logger.info("handed shard %d over (its fair share for another replica)", lead.shard)
+
+    def _quiesce(self, lead: ShardLead) -> bool:
+        """Stop deciding about a shard still held: its runs stop and its next run times are
+        written, for whoever takes it next. False if it was not led."""
         with self._stepping_down:
             if not lead.leading.is_set():
-                return
+                return False
             lead.fence = None
             self._set_leading(lead, False)
             self.scheduler.hand_over(lead.shard)
             if not self.leadership.held():
                 self.scheduler.idle()
-        lead.lease.release()
-        logger.info("handed shard %d over (its fair share for another replica)", lead.shard)
+        return True
 
     def _taken(self, lead: ShardLead, session: Connection | None) -> None:
         """A shard's lease was just taken: count it (on the session holding it, where there is

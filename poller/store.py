@@ -23,6 +23,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -634,10 +635,12 @@ class RequestStore:
         return Fence(shard, int(epoch))
 
     @_translate_db_errors
-    def settle_shards(self, shards: int) -> int:
-        """Slice the store into ``shards`` from now on, unless requests are in flight under
-        another count (raises ConfigMismatch: they would be looked for in the wrong job tables).
-        Returns the count before (a store from before shards had 1)."""
+    def settle_shards(self, shards: int, me: str = "") -> int:
+        """Slice the store into ``shards`` from now on. Another count than the one in force is
+        refused (ConfigMismatch) while any request is not done (it sits in the job table of its
+        shard under that count) or another replica runs (PostgreSQL: any session named
+        ``spark-poller ...`` but ``me``; it would go on with the old count). Returns the count
+        before (a store from before shards had 1)."""
         dialect = self.engine.dialect.name
         insert_into = pg_insert if dialect == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
@@ -651,14 +654,24 @@ class RequestStore:
             if before == shards:
                 return shards
             in_flight = conn.scalar(
-                select(func.count())
-                .select_from(_REQUESTS)
-                .where(_REQUESTS.c.phase.in_(ACTIVE_PHASES))
+                select(func.count()).select_from(_REQUESTS).where(_REQUESTS.c.phase != "done")
             )
-            if in_flight:
+            running = 0
+            if dialect == "postgresql":
+                running = conn.scalar(
+                    text(
+                        "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
+                        " WHERE datname = current_database()"
+                        " AND application_name LIKE 'spark-poller %' AND application_name <> :me"
+                    ),
+                    {"me": me},
+                )
+            if in_flight or running:
                 raise ConfigMismatch(
-                    f"POLLER_SHARDS is {shards}, but {in_flight} request(s) in flight were placed "
-                    f"in {before} shard(s): start with POLLER_SHARDS={before} until they are done"
+                    f"POLLER_SHARDS is {shards}, but the store is sliced into {before} shard(s) "
+                    f"and {in_flight} request(s) are not done, {running} other replica(s) "
+                    f"running: start with POLLER_SHARDS={before}, or let the requests end and "
+                    "stop every replica before changing it"
                 )
             conn.execute(update(_LAYOUT).where(_LAYOUT.c.id == LAYOUT_ID).values(shards=shards))
         logger.warning("the store is sliced into %d shard(s) from now on (was %d)", shards, before)

@@ -8,12 +8,13 @@ import sys
 import time
 from collections import defaultdict
 
+import requests
 import sqlalchemy as sa
 
 from poller.devstack import wait_for
 from tests.conftest import JobBody
-from tests.replicas import Replica, one_event_each, submit
-from tests.support import EventReader
+from tests.replicas import Replica, one_event_each, published_by, submit
+from tests.support import EventReader, ServiceProcess
 
 SHARDS = 4
 
@@ -84,8 +85,9 @@ def test_a_changed_shard_count_waits_until_no_request_is_in_flight(
 ) -> None:
     """Requests in flight sit in the job tables of the shards they hash to, under the count in
     force: another count would look for them elsewhere. A start with another count is refused
-    while any is in flight (a store from before shards counts as one shard); once none is, the
-    new count is settled, and a replica still running with the old one stops."""
+    while any is in flight (a store from before shards counts as one shard) or another replica
+    runs with the old count; once neither holds, the new count is settled, and a start with
+    the old one is refused in turn."""
     a, b, _ = replicas
     a.env = {**a.env, "POLLER_SHARDS": "1"}
     b.env = {**b.env, "POLLER_SHARDS": str(SHARDS)}
@@ -98,25 +100,79 @@ def test_a_changed_shard_count_waits_until_no_request_is_in_flight(
         conn.execute(sa.text("DELETE FROM poller_layout"))
     engine.dispose()
 
-    refused = subprocess.run(
-        [sys.executable, "-m", "poller", "serve"],
-        env={**b.env, "POLLER_SPARK_REST_URL": b.proxy.url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert refused.returncode != 0
-    said = f"POLLER_SHARDS is {SHARDS}, but 1 request(s) in flight were placed in 1 shard(s)"
-    assert said in refused.stdout + refused.stderr
+    def refused(slot: Replica) -> str:
+        started = subprocess.run(
+            [sys.executable, "-m", "poller", "serve"],
+            env={**slot.env, "POLLER_SPARK_REST_URL": slot.proxy.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert started.returncode != 0
+        return started.stdout + started.stderr
 
-    # The old count runs on; once the request is done, the new count may be settled.
+    said = refused(b)
+    assert f"POLLER_SHARDS is {SHARDS}, but the store is sliced into 1 shard(s)" in said
+    assert "1 request(s) are not done, 0 other replica(s) running" in said
+
+    # The old count runs on; with the request done, a replica still running with it stands in
+    # the way, and once it has stopped the new count is settled.
     a.start()
     assert a.current.delete("/jobs/long", params={"kill": "true"}).status_code in {200, 202}
     wait_for(lambda: a.current.job("long")["phase"] == "done", 90, "the cancel to end")
+    assert "0 request(s) are not done, 1 other replica(s) running" in refused(b)
+    assert a.current.terminate() == 0
     b.start()
-    wait_for(lambda: not a.current.running(), 30, "the replica with the old count to stop")
-    assert a.current.proc is not None
-    assert a.current.proc.returncode != 0
-    assert f"the store is sliced into {SHARDS} shard(s) now" in a.current.logs()
     wait_for(lambda: _shared([b], {"b": SHARDS}), 30, "the new count's shards to be held")
+    assert f"POLLER_SHARDS is 1, but the store is sliced into {SHARDS} shard(s)" in refused(a)
+
+
+def test_a_second_process_with_the_same_replica_id_takes_nothing_until_the_first_goes(
+    replicas: list[Replica], job_body: JobBody, events: EventReader
+) -> None:
+    """Two processes going by one name would be counted as one replica when the shards are
+    shared: the later one serves the API, says why it is not ready, and takes no shard while
+    the first lives; then it takes them all."""
+    a, b, _ = replicas
+    for slot in (a, b):
+        slot.env = {**slot.env, "POLLER_SHARDS": str(SHARDS)}
+    a.start()
+    wait_for(lambda: _shared([a], {"a": SHARDS}), 30, "the first to hold every shard")
+    twin = ServiceProcess(
+        {
+            **b.env,
+            "POLLER_SPARK_REST_URL": b.proxy.url,
+            "POLLER_REPLICA_ID": "a1",
+            "POLLER_LOG_FORMAT": "json",
+        },
+        b.workdir / "twin.log",
+    ).start()
+    try:
+
+        def waiting() -> bool:
+            ready = twin.http.get(f"{twin.url}/readyz", timeout=2)
+            return ready.status_code == 503 and "replica" in ready.json()["checks"]["scheduler"]
+
+        wait_for(waiting, 15, "the twin to say why it waits")
+        ready = twin.http.get(f"{twin.url}/readyz", timeout=2).json()
+        assert ready["shards"] == [], ready
+        assert "POLLER_REPLICA_ID" in ready["checks"]["scheduler"]
+        # The first goes on polling every shard, and requests through the twin are polled.
+        submitted = submit(twin, "via-twin", job_body(seconds=2))
+        [event] = one_event_each(events, {"via-twin"})["via-twin"]
+        assert event.value["submission_id"] == submitted
+        assert published_by(event) == "a1"
+        assert _shared([a], {"a": SHARDS})
+
+        a.current.kill9()
+        wait_for(lambda: twin_holds(twin) == list(range(SHARDS)), 30, "the twin to take over")
+    finally:
+        twin.terminate()
+
+
+def twin_holds(svc: ServiceProcess) -> list[int]:
+    try:
+        return sorted(svc.http.get(f"{svc.url}/readyz", timeout=2).json()["shards"])
+    except (requests.RequestException, ValueError, KeyError):
+        return []
