@@ -147,6 +147,12 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         with self._lock:
             self._runnable = self._owned
 
+    def hold_runs(self) -> None:
+        """Still owned, but the scheduler gets none of its jobs any more (it is being handed
+        over: its times are written next)."""
+        with self._lock:
+            self._runnable = False
+
     def get_due_jobs(self, now: datetime) -> list[Job]:
         with self._lock:
             if not self._owned:
@@ -177,6 +183,8 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         with self._lock:
             if not self._owned:
                 return None if self.only_owned else super().get_next_run_time()
+            if not self._runnable:  # nothing to hand out yet: no wake-up for it
+                return None
             heap = self._heap
             while heap and self._times.get(heap[0][1]) != heap[0][0]:
                 heapq.heappop(heap)

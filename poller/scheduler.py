@@ -219,16 +219,15 @@ class PollScheduler:
         """Stop running the jobs of ``shard`` and write their next run times, so that the
         process taking it next runs each on time; the other shards go on."""
         store = self.stores[shard]
-        with self.scheduler._jobstores_lock:  # not while a pass over due jobs is at it
-            try:
-                store.save_times()
-            except SQLAlchemyError as exc:
-                logger.warning(
-                    "next run times of shard %d not saved at hand-over: %s",
-                    shard,
-                    type(exc).__name__,
-                )
-            store.disown()
+        with self.scheduler._jobstores_lock:  # once a pass over due jobs is done with it
+            store.hold_runs()
+        try:  # the other shards' passes go on meanwhile
+            store.save_times()
+        except SQLAlchemyError as exc:
+            logger.warning(
+                "next run times of shard %d not saved at hand-over: %s", shard, type(exc).__name__
+            )
+        store.disown()
 
     def drop(self, shard: int) -> None:
         """Stop running the jobs of ``shard`` at once and write nothing more for it: another
