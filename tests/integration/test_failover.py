@@ -199,6 +199,8 @@ def test_a_leader_cut_off_from_the_database_stops_at_once(
 
     cut_at = time.time()
     assert _terminate_sessions(postgres, "spark-poller a1") >= 1
+    # The leader that comes after the cut (a may still say "leader" for a few ms before it sees).
+    wait_for(lambda: "lost the scheduler lease" in a.current.logs(), 30, "a to stand down")
     leader = _wait_leader([a, b])
     by_key = _one_event_each(events, set(drivers))
 
