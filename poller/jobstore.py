@@ -147,6 +147,13 @@ class OwnedJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
         with self._lock:
             self._runnable = self._owned
 
+    def hand_off(self) -> None:
+        """Write the run times not yet written and disown, with nothing changing in between (a
+        wake right before would otherwise be lost)."""
+        with self._lock:
+            self.save_times()
+            self.disown()
+
     def hold_runs(self) -> None:
         """Still owned, but the scheduler gets none of its jobs any more (it is being handed
         over: its times are written next)."""

@@ -18,10 +18,10 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import ConfigMismatch, ReplicaIdInUse, StoreUnavailable
-from poller.lease import ADVISORY_NAMESPACE, MEMBERS_NAMESPACE, Lease, Membership
+from poller.lease import Lease, Membership
 from poller.models import LayoutRow
 from poller.schemas import Fence
-from poller.shards import fair_share
+from poller.shards import LEASES_NAMESPACE, MEMBERS_NAMESPACE, fair_share
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ ORPHAN_BEATS = 3
 # Beats without a hand-over after one that nobody took (doubling each time, up to the most):
 # a replica that counts as a member but never takes would otherwise be handed shards for ever.
 GIVE_PAUSE_BEATS = 10
-GIVE_PAUSE_MAX_BEATS = 600
+GIVE_PAUSE_MAX_BEATS = 60
 
 
 @dataclass
@@ -114,7 +114,7 @@ class Leadership:
                 f"POLLER_SHARDS is {self.shards}, but the store is sliced into {in_force} "
                 "shard(s) now (another replica settled it): start every replica with that count"
             )
-        if twins:
+        if twins and not held:  # one that leads already goes on
             raise ReplicaIdInUse(
                 f"another live process goes by this replica's name ({self.me!r}, its session "
                 f"pid(s) {', '.join(map(str, sorted(twins)))}): waiting for it to go before "
@@ -168,7 +168,7 @@ class Leadership:
                             " (SELECT oid FROM pg_database WHERE datname = current_database())"
                         ),
                         {
-                            "leases": ADVISORY_NAMESPACE & 0xFFFFFFFF,
+                            "leases": LEASES_NAMESPACE & 0xFFFFFFFF,
                             "members": MEMBERS_NAMESPACE & 0xFFFFFFFF,
                         },
                     )
@@ -177,20 +177,18 @@ class Leadership:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         holders = {
-            int(row.shard): str(row.name)
-            for row in rows
-            if row.ns == ADVISORY_NAMESPACE & 0xFFFFFFFF
+            int(row.shard): str(row.name) for row in rows if row.ns == LEASES_NAMESPACE & 0xFFFFFFFF
         }
         members = {str(row.name) for row in rows if row.ns == MEMBERS_NAMESPACE & 0xFFFFFFFF}
         # Of two processes going by one name, the later waits: the first goes on leading.
         named = [
             row for row in rows if row.ns == MEMBERS_NAMESPACE & 0xFFFFFFFF and row.name == self.me
         ]
-        mine = [row.since for row in named if row.pid == self.membership.pid]
+        mine = [(row.since, row.pid) for row in named if row.pid == self.membership.pid]
         twins = {
             int(row.pid)
             for row in named
-            if row.pid != self.membership.pid and (not mine or row.since <= mine[0])
+            if row.pid != self.membership.pid and (not mine or (row.since, row.pid) < mine[0])
         }
         return holders, members, 1 if in_force is None else int(in_force), twins
 

@@ -25,7 +25,6 @@ import queue
 import select
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -36,12 +35,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import StoreUnavailable
+from poller.shards import LEASES_NAMESPACE, MEMBERS_NAMESPACE
 
 logger = logging.getLogger(__name__)
 
-# First half of every advisory lock key we take: the other half is the shard.
-ADVISORY_NAMESPACE = zlib.crc32(b"spark-poller scheduler lease") - 2**31
-MEMBERS_NAMESPACE = zlib.crc32(b"spark-poller replicas") - 2**31
 CHECK_S = 2.0  # how often the holder confirms its advisory lock
 KEEPER_STEP_S = 0.5  # how long the keeper waits on the socket between looks at its stop
 ROUND_TRIP_S = 4.0  # the engine's default bound on one statement, with its client's grace
@@ -175,7 +172,7 @@ class AdvisoryLease:
         """``round_trip_s``: the longest one statement on the lease's session can take (the
         engine's bound on every round trip)."""
         self.engine = engine
-        self.key = (ADVISORY_NAMESPACE, shard)
+        self.key = (LEASES_NAMESPACE, shard)
         self.ttl_s = ttl_s
         self.check_s = check_s
         self.channel = channel

@@ -215,19 +215,23 @@ class PollScheduler:
         for store in self.stores:
             store.disown()
 
-    def hand_over(self, shard: int) -> None:
+    def hand_over(self, shard: int) -> bool:
         """Stop running the jobs of ``shard`` and write their next run times, so that the
-        process taking it next runs each on time; the other shards go on."""
+        process taking it next runs each on time; the other shards go on. False if the times
+        could not be written."""
         store = self.stores[shard]
         with self.scheduler._jobstores_lock:  # once a pass over due jobs is done with it
             store.hold_runs()
-        try:  # the other shards' passes go on meanwhile
-            store.save_times()
+        try:
+            store.save_times()  # the bulk, while the other shards' passes go on
+            store.hand_off()  # what a wake changed since, then no more
         except SQLAlchemyError as exc:
             logger.warning(
                 "next run times of shard %d not saved at hand-over: %s", shard, type(exc).__name__
             )
-        store.disown()
+            store.disown()
+            return False
+        return True
 
     def drop(self, shard: int) -> None:
         """Stop running the jobs of ``shard`` at once and write nothing more for it: another

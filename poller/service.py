@@ -202,7 +202,7 @@ class Service:
     def _check_shards(self) -> None:
         """Requests in flight were placed in shards by the count in force: another count would
         look for them in the wrong job tables, so it is refused until none is in flight."""
-        self.store.settle_shards(self.settings.shards, self.session_name)
+        self.store.settle_shards(self.settings.shards)
 
     def activate(self) -> None:
         """The HTTP socket is bound: from now on the watchdog competes for the scheduler lease."""
@@ -240,8 +240,9 @@ class Service:
             self._watchdog.join(timeout=5)
         # No run of ours decides anything from here (a poll still running finds its fence gone)
         # and the next run times are written; the leases go once our events are flushed.
+        saving = True  # each shard's times, until one cannot be written (the database down)
         for lead in self.leadership.leads:
-            self._quiesce(lead)
+            saving = self._quiesce(lead, save=saving) is not False
         self.jobs.flush_pending_writes(PENDING_WRITES_FLUSH_S)
         try:
             self.store.flush_poll_counts()
@@ -392,22 +393,27 @@ class Service:
     def _hand_over(self, lead: ShardLead) -> None:
         """Give a shard up on purpose (another replica joined): its runs stop, its next run
         times are written, then its lease goes, and a replica below its share takes it."""
-        if self._quiesce(lead):
+        if self._quiesce(lead) is not None:
             lead.lease.release()
             logger.info("handed shard %d over (its fair share for another replica)", lead.shard)
 
-    def _quiesce(self, lead: ShardLead) -> bool:
-        """Stop deciding about a shard still held: its runs stop and its next run times are
-        written, for whoever takes it next. False if it was not led."""
+    def _quiesce(self, lead: ShardLead, save: bool = True) -> bool | None:
+        """Stop deciding about a shard still held: its runs stop and (``save``) its next run
+        times are written, for whoever takes it next. None if it was not led; False if its
+        times could not be written."""
         with self._stepping_down:
             if not lead.leading.is_set():
-                return False
+                return None
             lead.fence = None
             self._set_leading(lead, False)
-            self.scheduler.hand_over(lead.shard)
+            if save:
+                saved = self.scheduler.hand_over(lead.shard)
+            else:
+                saved = False
+                self.scheduler.drop(lead.shard)
             if not self.leadership.held():
                 self.scheduler.idle()
-        return True
+        return saved
 
     def _taken(self, lead: ShardLead, session: Connection | None) -> None:
         """A shard's lease was just taken: count it (on the session holding it, where there is
@@ -458,10 +464,14 @@ class Service:
         with self._stepping_down:
             fence = lead.fence
             ready = shard in self.scheduler.owned() and fence is not None
-            if not lead.lease.holding() or fence is None or not ready:  # lost meanwhile
+            stopping = self._stopping.is_set()  # the stop hands shards over: this one too
+            if stopping or not lead.lease.holding() or fence is None or not ready:
                 self.scheduler.drop(shard)
                 if not self.leadership.held():
                     self.scheduler.idle()
+                if stopping:
+                    lead.fence = None
+                    lead.lease.release()
                 return False
             self._set_leading(lead, True)
             self.scheduler.resume()

@@ -11,6 +11,10 @@ import math
 import zlib
 
 JOBS_TABLE = "apscheduler_jobs"  # shard 0's, the table of a store without shards
+# PostgreSQL advisory lock keys (namespace, n): each shard's lease is (LEASES_NAMESPACE, shard),
+# and every live replica holds (MEMBERS_NAMESPACE, 0) shared, so who runs shows in pg_locks.
+LEASES_NAMESPACE = zlib.crc32(b"spark-poller scheduler lease") - 2**31
+MEMBERS_NAMESPACE = zlib.crc32(b"spark-poller replicas") - 2**31
 
 
 def shard_of(request_id: str, shards: int) -> int:

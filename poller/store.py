@@ -46,6 +46,7 @@ from poller.schemas import (
     TraceContext,
     event_id_for,
 )
+from poller.shards import LEASES_NAMESPACE, MEMBERS_NAMESPACE
 
 logger = logging.getLogger(__name__)
 
@@ -635,12 +636,13 @@ class RequestStore:
         return Fence(shard, int(epoch))
 
     @_translate_db_errors
-    def settle_shards(self, shards: int, me: str = "") -> int:
+    def settle_shards(self, shards: int) -> int:
         """Slice the store into ``shards`` from now on. Another count than the one in force is
         refused (ConfigMismatch) while any request is not done (it sits in the job table of its
-        shard under that count) or another replica runs (PostgreSQL: any session named
-        ``spark-poller ...`` but ``me``; it would go on with the old count). Returns the count
-        before (a store from before shards had 1)."""
+        shard under that count) or another replica runs (PostgreSQL: holds a lease or counts
+        itself a member; it would go on with the old count). Replicas starting together are no
+        obstacle: none holds either yet, and the first to settle the count decides for the
+        others. Returns the count before (a store from before shards had 1)."""
         dialect = self.engine.dialect.name
         insert_into = pg_insert if dialect == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
@@ -660,11 +662,15 @@ class RequestStore:
             if dialect == "postgresql":
                 running = conn.scalar(
                     text(
-                        "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
-                        " WHERE datname = current_database()"
-                        " AND application_name LIKE 'spark-poller %' AND application_name <> :me"
+                        "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory'"
+                        " AND granted AND objsubid = 2 AND classid::bigint IN (:leases, :members)"
+                        " AND database ="
+                        " (SELECT oid FROM pg_database WHERE datname = current_database())"
                     ),
-                    {"me": me},
+                    {
+                        "leases": LEASES_NAMESPACE & 0xFFFFFFFF,
+                        "members": MEMBERS_NAMESPACE & 0xFFFFFFFF,
+                    },
                 )
             if in_flight or running:
                 raise ConfigMismatch(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from poller.db import create_db_engine
 from poller.devstack import Postgres
-from poller.errors import DriverTaken, RequestConflict, StoreUnavailable
+from poller.errors import ConfigMismatch, DriverTaken, RequestConflict, StoreUnavailable
 from poller.schemas import DriverState, DriverStatus, JobRecord, Phase
 from poller.store import RequestStore
 from tests.databases import new_pg_database
@@ -132,6 +132,27 @@ def test_a_fixed_ending_reads_the_same_in_every_process(store: RequestStore) -> 
     fixed = leader.complete("elsewhere", DriverState.FINISHED, None)
     assert fixed is not None
     assert store.get("elsewhere") == fixed
+
+
+def test_a_lease_is_counted_only_under_the_shard_count_in_force(store: RequestStore) -> None:
+    """A replica started with another count than the store's never leads: its lease take is
+    refused, and the epochs of the count in force go on from where they were."""
+    assert store.settle_shards(1) == 1  # a store from before shards had one
+    assert store.take_lease(0, "one", 1).epoch == 1
+    with pytest.raises(ConfigMismatch, match="POLLER_SHARDS is 4, but the store is sliced into 1"):
+        store.take_lease(0, "four", 4)
+    assert store.take_lease(0, "one", 1).epoch == 2
+    # Another count is settled only with no request unfinished.
+    store.insert("unfinished", "default", {})
+    with pytest.raises(ConfigMismatch, match="1 request"):
+        store.settle_shards(4)
+    assert store.shards_in_force() == 1
+    store.delete_submitting("unfinished")  # its create never reached Spark
+    assert store.settle_shards(4) == 1
+    assert store.shards_in_force() == 4
+    assert store.take_lease(1, "four", 4).epoch == 1
+    with pytest.raises(ConfigMismatch, match="POLLER_SHARDS is 1, but the store is sliced into 4"):
+        store.take_lease(0, "one", 1)
 
 
 def test_concurrent_adoptions_of_one_driver_make_one_request(store: RequestStore) -> None:
