@@ -56,7 +56,7 @@ lint: deps
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# The performance suite behind bench/RESULTS.md, each figure beside its baseline: ~12 minutes.
+# The performance suite behind bench/RESULTS.md, each figure beside its baseline: ~18 minutes.
 bench: java postgres deps
 	$(PY) bench/capacity.py --drivers 10000 --measure 20
 	$(PY) bench/capacity.py --drivers 50000 --measure 20 --only view,noop
@@ -64,6 +64,7 @@ bench: java postgres deps
 	$(PY) bench/submit.py --in-flight 10000 --seconds 20
 	$(PY) bench/events.py --drivers 10000
 	$(PY) bench/status_check.py
+	$(PY) bench/scaleout.py --per-replica 10000
 
 # Earlier measurements: event latency on a real cluster, and what durable SQLite commits cost.
 bench-extra: java deps

@@ -11,7 +11,7 @@ replica is killed -9: how long until its shards are held again, and the lag over
 interval, when the survivors poll what it left overdue.
 
     python bench/scaleout.py [--per-replica 5000] [--replicas 1,2,3] [--shards 6]
-        [--interval 30] [--measure 20]
+        [--interval 30] [--measure 20] [--keep]
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=6)
     parser.add_argument("--interval", type=float, default=30.0)
     parser.add_argument("--measure", type=float, default=20.0)
+    parser.add_argument("--keep", action="store_true", help="keep the replicas' logs")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     rows: list[str] = []
@@ -174,7 +175,10 @@ def main() -> None:
                 failovers.append(failover)
                 print(failover, flush=True)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n{args.shards} shards, {args.per_replica:,} drivers per replica, {args.interval:g} s "
         f"interval, measured over {args.measure:g} s after one interval"

@@ -662,9 +662,11 @@ class RequestStore:
             if dialect == "postgresql":
                 running = conn.scalar(
                     text(
-                        "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory'"
-                        " AND granted AND objsubid = 2 AND classid::bigint IN (:leases, :members)"
-                        " AND database ="
+                        # One replica holds several such locks, each on a session of its own.
+                        "SELECT count(DISTINCT a.application_name) FROM pg_locks l"
+                        " JOIN pg_stat_activity a ON a.pid = l.pid"
+                        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+                        " AND l.classid::bigint IN (:leases, :members) AND l.database ="
                         " (SELECT oid FROM pg_database WHERE datname = current_database())"
                     ),
                     {
