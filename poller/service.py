@@ -448,11 +448,12 @@ class Service:
             overdue = self.scheduler.spread_overdue(
                 self.settings.poll_interval_seconds, stored_before=loaded_at, shard=shard
             )
-            if not gc.get_freeze_count():  # once: frozen objects are never collected
-                # What was loaded on first taking the lease lives long: kept out of the cyclic
-                # collector's full passes, which stall every thread (100 ms at 10,000 jobs).
-                gc.collect()
-                gc.freeze()
+            # What a lead loads lives long: kept out of the cyclic collector's full passes,
+            # which stall every thread (100 ms at 10,000 jobs). Each lead thaws what earlier
+            # ones froze first, so the jobs of a shard given up since are collected.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
         except Exception as exc:
             logger.warning("could not take over shard %d yet: %s; retrying", shard, exc)
             self.scheduler.drop(shard)
