@@ -242,7 +242,8 @@ class Service:
         # and the next run times are written; the leases go once our events are flushed.
         saving = True  # each shard's times, until one cannot be written (the database down)
         for lead in self.leadership.leads:
-            saving = self._quiesce(lead, save=saving) is not False
+            if self._quiesce(lead, save=saving) is False:
+                saving = False
         self.jobs.flush_pending_writes(PENDING_WRITES_FLUSH_S)
         try:
             self.store.flush_poll_counts()

@@ -391,6 +391,10 @@ def test_postgresql_overlay_runs_three_replicas_that_survive_a_drain(
     assert budget["selector"]["matchLabels"].items() <= labels.items()
     env = {item["name"]: item for item in container(docs).get("env", [])}
     assert env["POLLER_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # Shards that share evenly between the pods, and between those a drain leaves.
+    shards = int(env["POLLER_SHARDS"]["value"])
+    assert shards % 3 == 0
+    assert shards % 2 == 0
 
 
 def test_no_secret_is_kept_in_the_manifests(
