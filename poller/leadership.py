@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import ConfigMismatch, ReplicaIdInUse, StoreUnavailable
 from poller.lease import Lease, Membership
-from poller.models import LayoutRow
+from poller.models import LAYOUT_ID, LayoutRow
 from poller.schemas import Fence
 from poller.shards import LEASES_NAMESPACE, MEMBERS_NAMESPACE, fair_share
 
@@ -79,7 +79,6 @@ class Leadership:
         self.membership = membership
         self.me = me
         self.offset = offset
-        self.members = 1
         self.beat = 0
         self.given: dict[int, int] = {}  # shard handed over -> the beat it was
         self.no_give_until = 0
@@ -107,7 +106,7 @@ class Leadership:
         held = self.held()
         if self.membership is None or self.engine is None:
             return Plan([lead.shard for lead in self.leads if lead.shard not in held], None)
-        self.membership.keep()
+        self.keep()
         holders, members, in_force, twins = self._who()
         if in_force != self.shards:
             raise ConfigMismatch(
@@ -121,7 +120,6 @@ class Leadership:
                 "taking any shard; give every replica its own POLLER_REPLICA_ID"
             )
         self.beat += 1
-        self.members = len(members | {self.me})
         free = {lead.shard for lead in self.leads} - set(holders) - set(held)
         for lead in self.leads:  # counted every beat, whatever this one decides
             lead.free_beats = lead.free_beats + 1 if lead.shard in free else 0
@@ -148,6 +146,11 @@ class Leadership:
                 self.given.pop(shard, None)
         return Plan(take, None)
 
+    def keep(self) -> None:
+        """Stay counted as a member (PostgreSQL; its session ends after the lease's TTL idle)."""
+        if self.membership is not None:
+            self.membership.keep()
+
     def _who(self) -> tuple[dict[int, str], set[str], int, set[int]]:
         """Who holds which shard's lease ({shard: session name}), which replicas are counted
         members (their session names), the store's shard count, and the sessions of other
@@ -173,7 +176,7 @@ class Leadership:
                         },
                     )
                 )
-                in_force = conn.scalar(select(LayoutRow.shards).where(LayoutRow.id == 1))
+                in_force = conn.scalar(select(LayoutRow.shards).where(LayoutRow.id == LAYOUT_ID))
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         holders = {

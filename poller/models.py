@@ -91,6 +91,9 @@ class LeaseRow(Base):
     taken_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+LAYOUT_ID = 1  # the one row of poller_layout
+
+
 class LayoutRow(Base):
     """How the store's requests are sliced into shards: one row, written before any lease is
     taken. Requests in flight sit in the job tables of the shards they hash to under this count,

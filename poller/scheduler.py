@@ -207,18 +207,9 @@ class PollScheduler:
         if self.scheduler.state != STATE_STOPPED:
             self.scheduler.pause()
 
-    def pause(self) -> None:
-        """No new runs from now on (runs already handed to a thread finish), and no more
-        writes of run times: another process may own every job store from now on."""
-        if self.scheduler.state != STATE_STOPPED:
-            self.scheduler.pause()
-        for store in self.stores:
-            store.disown()
-
-    def hand_over(self, shard: int) -> bool:
+    def hand_over(self, shard: int) -> None:
         """Stop running the jobs of ``shard`` and write their next run times, so that the
-        process taking it next runs each on time; the other shards go on. False if the times
-        could not be written."""
+        process taking it next runs each on time; the other shards go on."""
         store = self.stores[shard]
         with self.scheduler._jobstores_lock:  # once a pass over due jobs is done with it
             store.hold_runs()
@@ -230,8 +221,6 @@ class PollScheduler:
                 "next run times of shard %d not saved at hand-over: %s", shard, type(exc).__name__
             )
             store.disown()
-            return False
-        return True
 
     def drop(self, shard: int) -> None:
         """Stop running the jobs of ``shard`` at once and write nothing more for it: another

@@ -239,11 +239,13 @@ class Service:
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
         # No run of ours decides anything from here (a poll still running finds its fence gone)
-        # and the next run times are written; the leases go once our events are flushed.
-        saving = True  # each shard's times, until one cannot be written (the database down)
-        for lead in self.leadership.leads:
-            if self._quiesce(lead, save=saving) is False:
-                saving = False
+        # and nothing more is written to the job tables (the scheduler's stop wrote the run
+        # times, unless polls outlived it); the leases go once our events are flushed.
+        with self._stepping_down:
+            for lead in self.leadership.leads:
+                lead.fence = None
+                self._set_leading(lead, False)
+                self.scheduler.drop(lead.shard)
         self.jobs.flush_pending_writes(PENDING_WRITES_FLUSH_S)
         try:
             self.store.flush_poll_counts()
@@ -349,6 +351,7 @@ class Service:
             for shard in plan.take:
                 if self._stopping.is_set():  # the stop hands the shards over: take none
                     return
+                leadership.keep()  # counted still, however long the takes before took
                 lead = leadership.leads[shard]
                 if lead.lease.try_acquire() and self._lead(lead):
                     beats.led(now, self.settings.reconcile_interval_s)
@@ -384,7 +387,8 @@ class Service:
             if not self.leadership.held():
                 self.scheduler.idle()
                 self._beats.lost()
-        self.publisher.drop_queued()  # the new leader publishes them
+        if not self.leadership.held():  # others' events stay: ours for a shard still led
+            self.publisher.drop_queued()  # the new leaders publish them
         logger.error(
             "lost the scheduler lease of shard %d: stopped polling it; %s",
             lead.shard,
@@ -394,27 +398,18 @@ class Service:
     def _hand_over(self, lead: ShardLead) -> None:
         """Give a shard up on purpose (another replica joined): its runs stop, its next run
         times are written, then its lease goes, and a replica below its share takes it."""
-        if self._quiesce(lead) is not None:
-            lead.lease.release()
-            logger.info("handed shard %d over (its fair share for another replica)", lead.shard)
-
-    def _quiesce(self, lead: ShardLead, save: bool = True) -> bool | None:
-        """Stop deciding about a shard still held: its runs stop and (``save``) its next run
-        times are written, for whoever takes it next. None if it was not led; False if its
-        times could not be written."""
-        with self._stepping_down:
-            if not lead.leading.is_set():
-                return None
-            lead.fence = None
-            self._set_leading(lead, False)
-            if save:
-                saved = self.scheduler.hand_over(lead.shard)
-            else:
-                saved = False
-                self.scheduler.drop(lead.shard)
-            if not self.leadership.held():
-                self.scheduler.idle()
-        return saved
+        try:
+            with self._stepping_down:
+                if not lead.leading.is_set():
+                    return
+                lead.fence = None
+                self._set_leading(lead, False)
+                self.scheduler.hand_over(lead.shard)
+                if not self.leadership.held():
+                    self.scheduler.idle()
+        finally:
+            lead.lease.release()  # never held without being led
+        logger.info("handed shard %d over (its fair share for another replica)", lead.shard)
 
     def _taken(self, lead: ShardLead, session: Connection | None) -> None:
         """A shard's lease was just taken: count it (on the session holding it, where there is
@@ -450,9 +445,8 @@ class Service:
                 self.settings.poll_interval_seconds, stored_before=loaded_at, shard=shard
             )
             # What a lead loads lives long: kept out of the cyclic collector's full passes,
-            # which stall every thread (100 ms at 10,000 jobs). Each lead thaws what earlier
-            # ones froze first, so the jobs of a shard given up since are collected.
-            gc.unfreeze()
+            # which stall every thread (100 ms at 10,000 jobs). Every lead's, not only the
+            # first's; the jobs of a shard given up are still freed (they hold no cycles).
             gc.collect()
             gc.freeze()
         except Exception as exc:
@@ -471,9 +465,8 @@ class Service:
                 self.scheduler.drop(shard)
                 if not self.leadership.held():
                     self.scheduler.idle()
-                if stopping:
-                    lead.fence = None
-                    lead.lease.release()
+                lead.fence = None
+                lead.lease.release()  # never held without being led
                 return False
             self._set_leading(lead, True)
             self.scheduler.resume()

@@ -36,7 +36,7 @@ from poller import migrate
 from poller.db import database_unavailable
 from poller.errors import ConfigMismatch, DriverTaken, RequestConflict, StoreUnavailable
 from poller.group_commit import GroupCommit
-from poller.models import LayoutRow, LeaseRow, RequestRow, UTCDateTime
+from poller.models import LAYOUT_ID, LayoutRow, LeaseRow, RequestRow, UTCDateTime
 from poller.schemas import (
     DriverState,
     DriverStatus,
@@ -107,7 +107,6 @@ _FIX = (
 )
 _LEASES = cast(Table, LeaseRow.__table__)
 _LAYOUT = cast(Table, LayoutRow.__table__)
-LAYOUT_ID = 1  # the one row of poller_layout
 # A leader's ending lands only while its lease was not taken by anyone since (see LeaseRow).
 _FENCED_FIX = _FIX.where(
     select(_LEASES.c.epoch).where(_LEASES.c.shard == bindparam("shard")).scalar_subquery()
@@ -641,8 +640,9 @@ class RequestStore:
         refused (ConfigMismatch) while any request is not done (it sits in the job table of its
         shard under that count) or another replica runs (PostgreSQL: holds a lease or counts
         itself a member; it would go on with the old count). Replicas starting together are no
-        obstacle: none holds either yet, and the first to settle the count decides for the
-        others. Returns the count before (a store from before shards had 1)."""
+        obstacle: none holds either yet. Of two starting with different counts, the later to
+        settle wins, and the other stops at its first lease or beat. Returns the count before (a
+        store from before shards had 1)."""
         dialect = self.engine.dialect.name
         insert_into = pg_insert if dialect == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
