@@ -254,11 +254,23 @@ def event_json_schema() -> dict[str, object]:
     return schema
 
 
+# The version of the event's schema: MAJOR.MINOR. A minor adds optional fields or enum values
+# (consumers ignore what they do not know); anything else is a new major. Events before this
+# field were 1.0.
+EVENT_SCHEMA_VERSION = "1.1"
+
+
 class CompletionEvent(BaseModel):
     """The value of the one Kafka message published per request (key = request_id)."""
 
     model_config = ConfigDict(title="SparkJobCompletion")
 
+    schema_version: str = Field(
+        EVENT_SCHEMA_VERSION,
+        pattern=r"^1\.[0-9]+$",
+        description="MAJOR.MINOR of this schema: within a major, later minors only add optional "
+        "fields and enum values.",
+    )
     event_id: str = Field(description="Same for every publication of this request's event.")
     request_id: str
     submission_id: str | None

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import requests
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
 from poller.devstack import SparkStandalone, free_port, header_text, wait_for
+from poller.schemas import EVENT_SCHEMA_VERSION
 from poller.shards import JOBS_TABLE
 
 JOB_SCRIPT = """\
@@ -162,8 +164,34 @@ class Event:
     timestamp_ms: int
 
 
+def _closed(schema: Any) -> Any:
+    """``schema`` with no property beyond those declared anywhere: a field the service adds
+    without declaring it fails the suite, not a consumer."""
+    if isinstance(schema, dict):
+        closed = {key: _closed(value) for key, value in schema.items()}
+        if "properties" in closed and closed.get("type") == "object":
+            closed.setdefault("additionalProperties", False)
+        return closed
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    return schema
+
+
+EVENT_SCHEMA_FILE = Path(__file__).parents[1] / "poller" / "event.schema.json"
+EVENT_VALIDATOR = jsonschema_rs.validator_for(_closed(json.loads(EVENT_SCHEMA_FILE.read_text())))
+
+
+def check_event(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` as the shipped JSON Schema describes it, fields and all, and of this version."""
+    problems = [error.message for error in EVENT_VALIDATOR.iter_errors(value)]
+    assert not problems, f"event {value} does not match {EVENT_SCHEMA_FILE.name}: {problems}"
+    assert value["schema_version"] == EVENT_SCHEMA_VERSION, value
+    return value
+
+
 class EventReader:
-    """Reads every completion event on one topic from the beginning."""
+    """Reads every completion event on one topic from the beginning; each must match the
+    event's JSON Schema."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.consumer = Consumer(
@@ -187,7 +215,7 @@ class EventReader:
             self.events.append(
                 Event(
                     key=header_text(message.key()),
-                    value=json.loads(message.value() or b"{}"),
+                    value=check_event(json.loads(message.value() or b"{}")),
                     headers={
                         header_text(k): header_text(v) for k, v in list(message.headers() or [])
                     },

@@ -15,7 +15,7 @@ import pytest
 from poller import migrate
 from poller.devstack import Postgres, SparkStandalone, free_port, wait_for
 from tests.conftest import JobBody, ServiceFactory
-from tests.support import EventReader, NotAliveProxy, ServiceProcess
+from tests.support import EventReader, NotAliveProxy, ServiceProcess, check_event
 
 TOKEN = "cli-token-5f0e"
 DB_PASSWORD = "cli-SECRET-pw-61aa"
@@ -235,6 +235,7 @@ def test_events_tail_shows_a_real_jobs_event(
     assert tail.code == 0, tail.err
     [line] = tail.lines
     shown = json.loads(line)
+    check_event(shown["value"])
     assert shown["key"] == "tailed"
     assert shown["value"]["submission_id"] == submission_id
     assert shown["value"]["state"] == "FINISHED"

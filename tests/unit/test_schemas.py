@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from poller.schemas import SubmitRequest, event_id_for, event_json_schema
+from poller.schemas import (
+    EVENT_SCHEMA_VERSION,
+    CompletionEvent,
+    DriverState,
+    SubmitRequest,
+    event_id_for,
+    event_json_schema,
+)
+from tests.support import check_event
 
 SCHEMA_FILE = Path(__file__).parents[2] / "poller" / "event.schema.json"
 DRIVER = "driver-20261125101500-0003"
@@ -37,3 +47,36 @@ def test_event_id_is_stable_per_request() -> None:
 def test_shipped_json_schema_matches_the_model() -> None:
     """The shipped file is what consumers use; regenerate: spark-poller event-schema > FILE."""
     assert json.loads(SCHEMA_FILE.read_text()) == event_json_schema()
+
+
+def test_the_readme_example_event_matches_the_shipped_schema() -> None:
+    """The README's event is one a consumer can expect: every field declared, of this version."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("\n## The completion event\n", 1)[1]
+    [example] = re.findall(r"```json\n(.*?)```", section.split("\n## ", 1)[0], flags=re.DOTALL)
+    check_event(json.loads(example))
+
+
+def test_an_undeclared_field_or_an_old_version_fails_the_check() -> None:
+    """The check the suite runs on every event it reads can fail."""
+    event = json.loads(
+        CompletionEvent(
+            event_id=event_id_for("r-1"),
+            request_id="r-1",
+            submission_id=DRIVER,
+            cluster="default",
+            state=DriverState.FINISHED,
+            spark_state="FINISHED",
+            message=None,
+            submitted_at=datetime(2026, 11, 25, tzinfo=UTC),
+            completed_at=datetime(2026, 11, 25, 0, 1, tzinfo=UTC),
+            polls=2,
+            labels={"team": "ingest"},
+        ).model_dump_json()
+    )
+    assert check_event(event)["schema_version"] == EVENT_SCHEMA_VERSION
+    for wrong in ({**event, "surprise": 1}, {**event, "schema_version": "2.0"}):
+        with pytest.raises(AssertionError):
+            check_event(wrong)
+    with pytest.raises(AssertionError, match="labels"):
+        check_event({**event, "labels": {"team": 1}})
