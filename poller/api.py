@@ -45,6 +45,7 @@ from poller.schemas import (
     JobPage,
     JobRecord,
     Phase,
+    Republished,
     SubmitRequest,
     SubmitResponse,
     TraceContext,
@@ -313,6 +314,14 @@ def cancel_job(
     if record.phase != Phase.DONE:
         response.status_code = 202
     return record
+
+
+@jobs_router.post("/jobs/{request_id}/republish", status_code=202)
+def republish_job(request_id: RequestIdPath, svc: ServiceDep) -> Republished:
+    """Publish a finished request's completion event again, exactly as stored (same
+    ``event_id``, same value), for a consumer that lost it. 202 once Kafka has it; 409 while
+    the request is in flight (its event is not final yet); 503 when Kafka did not take it."""
+    return svc.jobs.republish(request_id)
 
 
 # Health runs on the event loop with no I/O (readiness is checked in the background): it answers at

@@ -36,9 +36,11 @@ from poller.schemas import (
     JobRecord,
     JobSpec,
     Phase,
+    Republished,
     SubmitRequest,
     SubmitResponse,
     TraceContext,
+    event_id_for,
 )
 from poller.spark import SparkClient
 from poller.store import RequestStore
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 KILL_CONFIRM_INLINE_S = 3.0
 KILL_CONFIRM_STEP_S = 0.2
 CANCEL_PUBLISH_WAIT_S = 3.0
+REPUBLISH_WAIT_S = 10.0  # Kafka's ack of a re-published event
 MAX_PAGE_BYTES = 1024 * 1024
 MAX_COUNTED = 10_000
 PAGE_CHUNK = 50
@@ -352,6 +355,25 @@ class Jobs:
         ]
 
     @log_scope
+    def republish(self, request_id: str) -> Republished:
+        """Publish a done request's event again, exactly as stored (same ``event_id``, same
+        value), for a consumer that lost it; waits for Kafka's ack. A request still in flight
+        has no final event yet: its own is on the way."""
+        record = self.store.get(request_id)
+        if record is None:
+            raise RequestNotFound(f"no request {request_id!r}")
+        add_log_context(submission_id=record.submission_id, cluster=record.cluster)
+        if record.phase != Phase.DONE:
+            raise RequestConflict(
+                f"request {request_id!r} is still in flight (phase {record.phase.value}): its "
+                "event is published once it ends"
+            )
+        self.outbox.republish(record, REPUBLISH_WAIT_S)
+        logger.info("republished the event of %s (%s)", request_id, record.state.value)
+        return Republished(
+            request_id=request_id, event_id=event_id_for(request_id), state=record.state
+        )
+
     def cancel(self, request_id: str, kill: bool) -> JobRecord:
         """Stop polling and publish a CANCELLED event.
 

@@ -67,6 +67,12 @@ EVENTS_PUBLISHED = Counter(
     "Completion events the broker acknowledged, by the request's final state.",
     ["state"],
 )
+EVENTS_REPUBLISHED = Counter(
+    PREFIX + "events_republished",
+    "Completion events published again on request (POST /jobs/{request_id}/republish) and "
+    "acknowledged, by the request's final state.",
+    ["state"],
+)
 PUBLISH_SECONDS = Histogram(
     PREFIX + "publish_duration_seconds",
     "From handing an event to the producer to the broker's ack.",

@@ -23,6 +23,7 @@ from poller.logs import add_log_context, log_scope
 from poller.metrics import (
     END_TO_EVENT_SECONDS,
     EVENTS_PUBLISHED,
+    EVENTS_REPUBLISHED,
     PUBLISH_FAILURES,
     PUBLISH_SECONDS,
     SUBMIT_TO_EVENT_SECONDS,
@@ -134,6 +135,22 @@ class Outbox:
                 sent = self._in_flight.get(request_id)
                 if sent is not None and sent[2] == attempt:
                     self._in_flight[request_id] = (sent[0], producer, attempt)
+
+    def republish(self, record: JobRecord, timeout_s: float) -> None:
+        """Send a done request's event again, as stored, and wait for Kafka's ack: nothing is
+        recorded (the request stays done). Raises PublishFailed when Kafka did not take it in
+        ``timeout_s``."""
+        reports: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.publisher.send(completion_event(record), reports.put, trace_of(record))
+        try:
+            failure = reports.get(timeout=timeout_s)
+        except queue.Empty:
+            raise PublishFailed(
+                f"Kafka did not confirm the event within {timeout_s:g}s; try again"
+            ) from None
+        if failure is not None:
+            raise PublishFailed(failure)
+        EVENTS_REPUBLISHED.labels(record.state.value).inc()
 
     def wait_published(self, request_id: str, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the event of an offered request to be confirmed here.

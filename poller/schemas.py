@@ -232,6 +232,14 @@ class JobPage(BaseModel):
     )
 
 
+class Republished(BaseModel):
+    """The stored completion event was published again (Kafka has it)."""
+
+    request_id: str
+    event_id: str = Field(description="The same as every earlier publication's.")
+    state: DriverState
+
+
 class ErrorBody(BaseModel):
     detail: str | list[dict[str, object]]
 
