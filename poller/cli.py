@@ -252,6 +252,23 @@ def jobs_show(
         typer.echo(display.job_details(record))
 
 
+@jobs_app.command("republish", epilog=EXIT_CODES_HELP)
+def jobs_republish(
+    request_id: RequestIdArgument, url: UrlOption = DEFAULT_URL, as_json: JsonOption = False
+) -> None:
+    """Publish a finished request's event again, exactly as it was (same event id), for a
+    consumer that lost it (POST /jobs/REQUEST_ID/republish). Exit 6 while it is in flight."""
+    with _api(url) as api:
+        answer = api.republish(request_id)
+    if as_json:
+        _print_json(answer)
+    else:
+        typer.echo(
+            f"{request_id}: its {answer.get('state')} event {answer.get('event_id')} is on the "
+            "topic again"
+        )
+
+
 CANCEL_PHASES = {
     "done": "cancelled; its CANCELLED event is published",
     "cancelling": "kill sent; the CANCELLED event follows once Spark confirms the driver ended",

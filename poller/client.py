@@ -76,6 +76,11 @@ class ApiClient:
         path = f"/jobs/{quote(request_id, safe='')}"
         return self._object(self._call("DELETE", path, params=params))
 
+    def republish(self, request_id: str) -> dict[str, Any]:
+        """Publish a finished request's event again; returns its request id, event id, state."""
+        path = f"/jobs/{quote(request_id, safe='')}/republish"
+        return self._object(self._call("POST", path))
+
     def list_jobs(self, state: str | None, limit: int | None) -> Listing:
         """Up to ``limit`` records (all of them when None), oldest first, following next_offset
         across as many pages as it takes: a page may stop early to stay under 1 MiB."""

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,12 +224,16 @@ class EventReader:
                 )
             )
 
-    def wait_for_keys(self, keys: set[str], timeout_s: float = 120) -> dict[str, list[Event]]:
-        """Wait until every key has at least one event; return all events by key. On time-out
-        the message says where each missing request is (from the last service started)."""
+    def wait_for_keys(
+        self, keys: set[str], timeout_s: float = 120, copies: int = 1
+    ) -> dict[str, list[Event]]:
+        """Wait until every key has at least ``copies`` events; return all events by key. On
+        time-out the message says where each missing request is (from the last service
+        started)."""
 
         def missing() -> list[str]:
-            return sorted(keys - {e.key for e in self.events})
+            counts = Counter(e.key for e in self.events)
+            return sorted(key for key in keys if counts[key] < copies)
 
         def where() -> str:
             svc = self.service
@@ -237,7 +242,7 @@ class EventReader:
             return f"no event yet for {svc.phases(missing())}"
 
         wait_for(
-            lambda: keys <= {e.key for e in self.drain(0.2)},
+            lambda: self.drain(0.2) is not None and not missing(),
             timeout_s,
             f"events for {len(keys)} request(s)",
             step_s=0,

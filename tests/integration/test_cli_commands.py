@@ -67,7 +67,7 @@ def submit(service: ServiceProcess, request_id: str, body: dict[str, object]) ->
     return str(answer.json()["submission_id"])
 
 
-def test_jobs_list_show_and_cancel(
+def test_jobs_list_show_republish_and_cancel(
     service: ServiceProcess, client_env: dict[str, str], job_body: JobBody, events: EventReader
 ) -> None:
     short = submit(service, "cli-short", job_body())
@@ -110,6 +110,17 @@ def test_jobs_list_show_and_cancel(
     )
     as_json = json.loads(cli("jobs", "show", "cli-short", "--json", env=client_env).out)
     assert as_json == service.get("/jobs/cli-short", headers=auth).json()
+
+    early = cli("jobs", "republish", "cli-long", env=client_env)
+    assert early.code == 6, early.err
+    assert "still in flight" in early.err
+    republished = cli("jobs", "republish", "cli-short", env=client_env)
+    assert republished.code == 0, republished.err
+    [original, copy] = events.wait_for_keys({"cli-short"}, copies=2)["cli-short"]
+    assert copy.value == original.value
+    assert republished.out == (
+        f"cli-short: its FINISHED event {original.value['event_id']} is on the topic again\n"
+    )
 
     cancelled = cli("jobs", "cancel", "cli-long", "--kill", env=client_env)
     assert cancelled.code == 0, cancelled.err

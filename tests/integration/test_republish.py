@@ -32,8 +32,7 @@ def test_a_finished_request_is_published_again_exactly_as_it_was(
     }
     # The ack came before the answer: the copy is on the topic, byte for byte the first, with the
     # same CloudEvents id and the submitter's trace.
-    wait_for(lambda: len(events.by_key().get("done-once", [])) == 2, 30, "the second copy")
-    [_, second] = events.by_key()["done-once"]
+    [_, second] = events.wait_for_keys({"done-once"}, timeout_s=30, copies=2)["done-once"]
     assert second.value == first.value
     for header in ("ce_id", "ce_type", "ce_time", "ce_traceparent"):
         assert second.headers[header] == first.headers[header], header
