@@ -18,8 +18,10 @@ STUCK_SUBMITS = 45  # more than the API's worker threads
 
 @pytest.fixture
 def slow_create(slow_spark: SlowSpark) -> DelayingProxy:
-    """Spark's REST API, but the answer to a create arrives 8 s after Spark acted on it."""
-    return slow_spark("/v1/submissions/create", 8)
+    """Spark's REST API, but the answer to a create arrives 20 s after Spark acted on it: long
+    enough for 30 to be held at once even when the master takes its creates slowly (a busy
+    machine), well within the service's 30 s Spark timeout."""
+    return slow_spark("/v1/submissions/create", 20)
 
 
 def test_health_answers_while_every_worker_waits_on_spark(
