@@ -21,7 +21,13 @@ from poller.errors import ConfigMismatch, ReplicaIdInUse, StoreUnavailable
 from poller.lease import Lease, Membership
 from poller.models import LAYOUT_ID, LayoutRow
 from poller.schemas import Fence
-from poller.shards import LEASES_NAMESPACE, MEMBERS_NAMESPACE, fair_share
+from poller.shards import (
+    LEASES_NAMESPACE,
+    MEMBERS_NAMESPACE,
+    OUR_LOCKS,
+    OUR_LOCKS_PARAMS,
+    fair_share,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -164,16 +170,9 @@ class Leadership:
                         text(
                             "SELECT l.classid::bigint AS ns, l.objid::bigint AS shard,"
                             " l.pid AS pid, a.application_name AS name,"
-                            " a.backend_start AS since FROM pg_locks l"
-                            " JOIN pg_stat_activity a ON a.pid = l.pid"
-                            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
-                            " AND l.classid::bigint IN (:leases, :members) AND l.database ="
-                            " (SELECT oid FROM pg_database WHERE datname = current_database())"
+                            " a.backend_start AS since" + OUR_LOCKS
                         ),
-                        {
-                            "leases": LEASES_NAMESPACE & 0xFFFFFFFF,
-                            "members": MEMBERS_NAMESPACE & 0xFFFFFFFF,
-                        },
+                        OUR_LOCKS_PARAMS,
                     )
                 )
                 in_force = conn.scalar(select(LayoutRow.shards).where(LayoutRow.id == LAYOUT_ID))

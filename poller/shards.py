@@ -15,6 +15,18 @@ JOBS_TABLE = "apscheduler_jobs"  # shard 0's, the table of a store without shard
 # and every live replica holds (MEMBERS_NAMESPACE, 0) shared, so who runs shows in pg_locks.
 LEASES_NAMESPACE = zlib.crc32(b"spark-poller scheduler lease") - 2**31
 MEMBERS_NAMESPACE = zlib.crc32(b"spark-poller replicas") - 2**31
+# Our granted advisory locks in this database, with the session holding each (``l``, ``a``):
+# the FROM and WHERE of every look at who runs, bound with OUR_LOCKS_PARAMS.
+OUR_LOCKS = (
+    " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+    " AND l.classid::bigint IN (:leases, :members) AND l.database ="
+    " (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+OUR_LOCKS_PARAMS = {  # pg_locks shows a key's halves as unsigned oids
+    "leases": LEASES_NAMESPACE & 0xFFFFFFFF,
+    "members": MEMBERS_NAMESPACE & 0xFFFFFFFF,
+}
 
 
 def shard_of(request_id: str, shards: int) -> int:

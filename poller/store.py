@@ -46,7 +46,7 @@ from poller.schemas import (
     TraceContext,
     event_id_for,
 )
-from poller.shards import LEASES_NAMESPACE, MEMBERS_NAMESPACE
+from poller.shards import OUR_LOCKS, OUR_LOCKS_PARAMS
 
 logger = logging.getLogger(__name__)
 
@@ -661,18 +661,9 @@ class RequestStore:
             running = 0
             if dialect == "postgresql":
                 running = conn.scalar(
-                    text(
-                        # One replica holds several such locks, each on a session of its own.
-                        "SELECT count(DISTINCT a.application_name) FROM pg_locks l"
-                        " JOIN pg_stat_activity a ON a.pid = l.pid"
-                        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
-                        " AND l.classid::bigint IN (:leases, :members) AND l.database ="
-                        " (SELECT oid FROM pg_database WHERE datname = current_database())"
-                    ),
-                    {
-                        "leases": LEASES_NAMESPACE & 0xFFFFFFFF,
-                        "members": MEMBERS_NAMESPACE & 0xFFFFFFFF,
-                    },
+                    # One replica holds several such locks, each on a session of its own.
+                    text("SELECT count(DISTINCT a.application_name)" + OUR_LOCKS),
+                    OUR_LOCKS_PARAMS,
                 )
             if in_flight or running:
                 raise ConfigMismatch(
