@@ -42,7 +42,7 @@ from poller.schemas import (
     TraceContext,
     event_id_for,
 )
-from poller.spark import SparkClient
+from poller.spark import SparkClient, app_name
 from poller.store import RequestStore
 
 logger = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ class Jobs:
                 trace=trace,
                 adopted=adopted,
                 also=also,
+                app_name=None if request.job is None else app_name(request.job, request_id),
             )
         except DriverTaken:
             raise  # one driver, one request: its message names the request tracking the driver

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -19,23 +19,56 @@ import requests
 from poller.config import ClusterConfig
 from poller.errors import SparkUnavailable
 from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
-from poller.spark import MAX_STATE_CHARS, jws_token
+from poller.schemas import DriverState, DriverStatus
+from poller.spark import MAX_HOST_CHARS, MAX_STATE_CHARS, MAX_WORKER_ID_CHARS, jws_token
 
 # 50,000 drivers take about 10 MB: room for many more, not for an endless answer.
 MAX_VIEW_BYTES = 128 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
+MAX_URL_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    host: str | None
+    ui_url: str | None  # the worker's web UI, which serves its drivers' logs
 
 
 @dataclass(frozen=True)
 class ClusterView:
     """Every driver's raw state, as one master saw them at ``taken_at`` (monotonic; when the
-    request was sent, so nothing in it is older than that)."""
+    request was sent, so nothing in it is older than that), with the worker each driver was
+    placed on (``placed``: driver id -> worker id) and what the master says of its workers."""
 
     taken_at: float
     states: dict[str, str]
+    placed: dict[str, str] = field(default_factory=dict)
+    workers: dict[str, WorkerInfo] = field(default_factory=dict)
+
+    def status(self, submission_id: str) -> DriverStatus | None:
+        """The driver's status as this view shows it; None if the view does not list it."""
+        raw = self.states.get(submission_id)
+        if raw is None:
+            return None
+        worker_id = self.placed.get(submission_id)
+        worker = None if worker_id is None else self.workers.get(worker_id)
+        return DriverStatus(
+            found=True,
+            state=view_state(raw),
+            raw_state=raw,
+            worker_id=worker_id,
+            worker_host=None if worker is None else worker.host,
+        )
 
 
-def driver_states(payload: object, masters: frozenset[str] | None) -> dict[str, str]:
+def view_state(raw: str) -> DriverState:
+    try:
+        return DriverState(raw)
+    except ValueError:
+        return DriverState.UNKNOWN
+
+
+def parse_view(payload: object, masters: frozenset[str] | None, taken_at: float) -> ClusterView:
     """Read a ``/json/`` answer; raises SparkUnavailable when it cannot speak for the cluster.
 
     ``masters`` (host:port) are the masters it must come from; None trusts any."""
@@ -52,7 +85,9 @@ def driver_states(payload: object, masters: frozenset[str] | None) -> dict[str, 
                 "the web UI answering is not one of this cluster's masters (its /json/ names "
                 "another); set the cluster's web UI URL"
             )
+    workers = _workers(payload.get("workers"))
     states: dict[str, str] = {}
+    placed: dict[str, str] = {}
     for key in ("activedrivers", "completeddrivers"):
         drivers = payload.get(key)
         if not isinstance(drivers, list):
@@ -63,7 +98,22 @@ def driver_states(payload: object, masters: frozenset[str] | None) -> dict[str, 
             driver_id, state = driver.get("id"), driver.get("state")
             if isinstance(driver_id, str) and isinstance(state, str):
                 states[driver_id] = state[:MAX_STATE_CHARS]
-    return states
+                worker = driver.get("worker")
+                if isinstance(worker, str) and worker != "None":
+                    placed[driver_id] = worker[:MAX_WORKER_ID_CHARS]
+    return ClusterView(taken_at, states, placed, workers)
+
+
+def _workers(listed: object) -> dict[str, WorkerInfo]:
+    workers: dict[str, WorkerInfo] = {}
+    for worker in listed if isinstance(listed, list) else ():
+        if isinstance(worker, dict) and isinstance(worker.get("id"), str):
+            host, ui_url = worker.get("host"), worker.get("webuiaddress")
+            workers[worker["id"][:MAX_WORKER_ID_CHARS]] = WorkerInfo(
+                host[:MAX_HOST_CHARS] if isinstance(host, str) else None,
+                ui_url[:MAX_URL_CHARS] if isinstance(ui_url, str) else None,
+            )
+    return workers
 
 
 class MasterView:
@@ -97,11 +147,9 @@ class MasterView:
                 base = self.bases[(first + step) % len(self.bases)]
                 taken_at = time.monotonic()
                 try:
-                    states = driver_states(self._get(base), self.masters)
+                    return parse_view(self._get(base), self.masters, taken_at)
                 except SparkUnavailable as exc:
                     failures.append(exc.message)
-                    continue
-                return ClusterView(taken_at, states)
         finally:
             SPARK_CALL_SECONDS.labels(self.name, "view").observe(time.monotonic() - started)
         SPARK_CALL_ERRORS.labels(self.name, "view", "unavailable").inc()

@@ -59,6 +59,19 @@ FIRST_COLUMNS = frozenset(
     }
 )
 TRACE_COLUMNS = frozenset({"traceparent", "tracestate"})
+DETAIL_COLUMNS = frozenset(  # since 0005
+    {
+        "started_at",
+        "worker_id",
+        "worker_host",
+        "detection_bound_s",
+        "spark_app_name",
+        "spark_app_id",
+        "spark_app_ui_url",
+        "failure",
+        "search_until",
+    }
+)
 UNVERSIONED = (("0002", FIRST_COLUMNS | TRACE_COLUMNS), ("0001", FIRST_COLUMNS))
 # Transaction-level advisory lock of PostgreSQL upgrades (another key than the scheduler lease's).
 MIGRATION_LOCK_KEY = 0x73706B70_6D696772  # "spkpmigr"
@@ -132,13 +145,15 @@ def _unversioned(conn: Connection) -> str | None:
     if not inspector.has_table(TABLE):
         return None
     columns = {str(column["name"]) for column in inspector.get_columns(TABLE)}
+    if columns == FIRST_COLUMNS | TRACE_COLUMNS | DETAIL_COLUMNS:
+        return "0005"
     if columns == FIRST_COLUMNS | TRACE_COLUMNS and inspector.has_table(LEASES_TABLE):
         return "0004" if inspector.has_table(LAYOUT_TABLE) else "0003"
     for revision, expected in UNVERSIONED:
         if columns == expected:
             return revision
     missing = ", ".join(sorted(FIRST_COLUMNS - columns)) or "none"
-    extra = ", ".join(sorted(columns - FIRST_COLUMNS - TRACE_COLUMNS)) or "none"
+    extra = ", ".join(sorted(columns - FIRST_COLUMNS - TRACE_COLUMNS - DETAIL_COLUMNS)) or "none"
     raise SchemaMismatch(
         f"table {TABLE} has no schema revision and matches no release (missing columns: "
         f"{missing}; unknown columns: {extra}): migrate it by hand, then stamp it",

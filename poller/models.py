@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -75,6 +86,18 @@ class RequestRow(Base):
     # W3C trace context of the submit call, carried by the event (CloudEvents distributed tracing).
     traceparent: Mapped[str | None] = mapped_column(String(55))
     tracestate: Mapped[str | None] = mapped_column(String(512))
+    # What the event tells about the run (0005): all nullable, none known for older rows.
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    detection_bound_s: Mapped[float | None] = mapped_column(Float)
+    # The spark.app.name the driver was submitted with: how its application is found.
+    spark_app_name: Mapped[str | None] = mapped_column(String(256))
+    spark_app_id: Mapped[str | None] = mapped_column(String(128))
+    spark_app_ui_url: Mapped[str | None] = mapped_column(String(1024))
+    failure: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # While set, a create that may have landed is being looked for among the master's drivers.
+    search_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class LeaseRow(Base):

@@ -55,7 +55,19 @@ def completion_event(record: JobRecord) -> CompletionEvent:
         completed_at=record.completed_at,
         polls=record.polls,
         labels=record.labels,
+        started_at=record.started_at,
+        duration_s=_duration_s(record.started_at, record.completed_at),
+        detection_delay_bound_s=record.detection_delay_bound_s,
+        worker=record.worker,
+        spark_app=record.spark_app,
+        failure=record.failure,
     )
+
+
+def _duration_s(started_at: datetime | None, completed_at: datetime) -> float | None:
+    if started_at is None:
+        return None
+    return round(max(0.0, (completed_at - started_at).total_seconds()), 3)
 
 
 def trace_of(record: JobRecord) -> TraceContext | None:

@@ -28,7 +28,7 @@ from poller.errors import (
 from poller.logs import add_log_context, current_log_context, log_scope
 from poller.metrics import POLL_ERRORS, POLLS
 from poller.outbox import Outbox
-from poller.schemas import DriverState, DriverStatus, Fence, JobRecord, Phase
+from poller.schemas import DriverState, DriverStatus, EndDetails, Fence, JobRecord, Phase
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
 from poller.store import RequestStore, utcnow
@@ -67,6 +67,8 @@ class PollPolicy:
     max_tracking_s: float | None = None
     kill_on_timeout: bool = False
     kill_confirm_timeout_s: float = 60.0
+    # At most how long after Spark's ending a poll sees it (the event says so).
+    detection_bound_s: float | None = None
 
 
 class RequestLocks:
@@ -339,8 +341,9 @@ class Poller:
         # Decided from ``record``: a request another process moved on meanwhile (a cancel
         # through a standby) is left as it is, and its next run decides again. Under a fence
         # no longer current (another process leads now), nothing is written.
+        details = EndDetails(detection_bound_s=self.policy.detection_bound_s)
         fixed = self.store.complete(
-            record.request_id, final_state, message, seen, record.phase, fence
+            record.request_id, final_state, message, seen, record.phase, fence, details
         )
         if fixed is None:
             return self._reload(record.request_id)

@@ -6,7 +6,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, NamedTuple, Self
+from typing import Annotated, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -196,6 +196,45 @@ class SubmitResponse(BaseModel):
     state: DriverState
 
 
+class Worker(BaseModel):
+    """The Spark worker that ran the driver."""
+
+    id: str
+    host: str | None = Field(None, description="The worker's host, as Spark names it.")
+
+
+class SparkApp(BaseModel):
+    """The Spark application the driver ran (its SparkContext), when one could be linked."""
+
+    id: str
+    ui_url: str | None = Field(None, description="The application's page on the master's web UI.")
+
+
+class Failure(BaseModel):
+    """Why a driver ended FAILED, ERROR or KILLED, as far as its log and Spark tell."""
+
+    reason: str | None = Field(
+        None,
+        description="The exception that ended the driver (last line of a Python traceback, or "
+        "the root cause of a JVM one), or what Spark said.",
+    )
+    exception_class: str | None = Field(None, description="e.g. ValueError, java.lang.Error.")
+    frame: str | None = Field(None, description="Where it was raised, when the log says.")
+    log_tail: str | None = Field(None, description="The end of the log the reason came from.")
+    log_source: Literal["stdout", "stderr"] | None = Field(
+        None, description="The driver log that was read for the reason."
+    )
+    note: str | None = Field(None, description="Why no reason (or only part of it) was had.")
+
+
+class EndDetails(BaseModel):
+    """What is known about a run as its ending is fixed, written with the ending."""
+
+    failure: Failure | None = None
+    spark_app: SparkApp | None = None
+    detection_bound_s: float | None = None
+
+
 class JobRecord(BaseModel):
     """What the service knows about one request."""
 
@@ -217,6 +256,11 @@ class JobRecord(BaseModel):
     event_id: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    started_at: datetime | None = None
+    worker: Worker | None = None
+    spark_app: SparkApp | None = None
+    failure: Failure | None = None
+    detection_delay_bound_s: float | None = None
 
 
 class JobPage(BaseModel):
@@ -245,12 +289,15 @@ class ErrorBody(BaseModel):
 
 
 class DriverStatus(BaseModel):
-    """One status answer; ``found`` is false when Spark does not know the driver."""
+    """One status answer; ``found`` is false when Spark does not know the driver. The worker
+    is the one Spark placed the driver on, when the answer named it."""
 
     found: bool
     state: DriverState | None = None
     raw_state: str | None = None
     message: str | None = None
+    worker_id: str | None = None
+    worker_host: str | None = None
 
 
 def event_json_schema() -> dict[str, object]:
@@ -264,8 +311,8 @@ def event_json_schema() -> dict[str, object]:
 
 # The version of the event's schema: MAJOR.MINOR. A minor adds optional fields or enum values
 # (consumers ignore what they do not know); anything else is a new major. Events before this
-# field were 1.0.
-EVENT_SCHEMA_VERSION = "1.1"
+# field were 1.0; 1.1 added it; 1.2 the timings, worker, Spark application and failure.
+EVENT_SCHEMA_VERSION = "1.2"
 
 
 class CompletionEvent(BaseModel):
@@ -293,3 +340,19 @@ class CompletionEvent(BaseModel):
     completed_at: datetime
     polls: int = Field(description="Status calls made for this request.")
     labels: dict[str, str]
+    started_at: datetime | None = Field(
+        None, description="When the driver was first seen RUNNING on a worker."
+    )
+    duration_s: float | None = Field(
+        None, description="completed_at - started_at: how long it ran, as far as polls saw."
+    )
+    detection_delay_bound_s: float | None = Field(
+        None,
+        description="At most how long after Spark's ending completed_at came, while the "
+        "service ran (its poll interval, plus the cluster view's age when that is used).",
+    )
+    worker: Worker | None = None
+    spark_app: SparkApp | None = None
+    failure: Failure | None = Field(
+        None, description="Set for FAILED, ERROR and KILLED: the reason, or why it is missing."
+    )

@@ -104,6 +104,7 @@ class Service:
             max_tracking_s=settings.max_tracking_s,
             kill_on_timeout=settings.kill_on_timeout,
             kill_confirm_timeout_s=settings.kill_confirm_timeout_s,
+            detection_bound_s=detection_bound_s(settings),
         )
         self.outbox = Outbox(
             self.store,
@@ -567,6 +568,13 @@ def view_max_age_s(settings: Settings) -> float:
     if settings.status_view_max_age_s is not None:
         return settings.status_view_max_age_s
     return min(VIEW_MAX_AGE_CAP_S, settings.poll_interval_seconds / 3)
+
+
+def detection_bound_s(settings: Settings) -> float:
+    """At most how long after Spark's ending a running service sees it: a poll interval, plus
+    the age of the cluster view that poll may use."""
+    view = view_max_age_s(settings) if settings.status_source == "view" else 0.0
+    return settings.poll_interval_seconds + view
 
 
 class _Beats:

@@ -49,6 +49,9 @@ MAX_MESSAGE_CHARS = 2000
 JWS_LIFETIME_S = 300
 RETRY_WAIT_MAX_S = 2.0
 MAX_STATE_CHARS = 32
+# Bounds on the worker names an answer may bring into records and events.
+MAX_WORKER_ID_CHARS = 128
+MAX_HOST_CHARS = 255
 # How a master that is not ALIVE (STANDBY, RECOVERING, COMPLETING_RECOVERY) starts its refusal of
 # create, kill and status calls: Spark's Utils.BACKUP_STANDALONE_MASTER_PREFIX.
 NOT_ALIVE_PREFIX = "Current state is not alive"
@@ -77,12 +80,17 @@ _NEVER_SENT: tuple[type[BaseException], ...] = (
 )
 
 
+def app_name(spec: JobSpec, request_id: str) -> str:
+    """The application name the driver's SparkContext registers with: the job's, or ours."""
+    return spec.spark_properties.get("spark.app.name", request_id)
+
+
 def create_request_body(
     spec: JobSpec, master_url: str, request_id: str, client_version: str
 ) -> dict[str, Any]:
     """The CreateSubmissionRequest that spark-submit would send for ``spec`` in cluster mode."""
     properties = {
-        "spark.app.name": request_id,
+        "spark.app.name": app_name(spec, request_id),
         "spark.driver.supervise": "false",
         **spec.spark_properties,
         "spark.master": master_url,
@@ -149,9 +157,21 @@ def parse_status(payload: dict[str, Any]) -> DriverStatus:
         state = DriverState(raw)
     except ValueError:
         state = DriverState.UNKNOWN
+    worker_id, host_port = payload.get("workerId"), payload.get("workerHostPort")
     return DriverStatus(
-        found=True, state=state, raw_state=raw, message=_short(payload.get("message"))
+        found=True,
+        state=state,
+        raw_state=raw,
+        message=_short(payload.get("message")),
+        worker_id=worker_id[:MAX_WORKER_ID_CHARS] if isinstance(worker_id, str) else None,
+        worker_host=_host(host_port) if isinstance(host_port, str) else None,
     )
+
+
+def _host(host_port: str) -> str | None:
+    """The host of Spark's ``host:port`` (an IPv6 literal in brackets loses them)."""
+    host = host_port.rpartition(":")[0] or host_port
+    return host.strip("[]")[:MAX_HOST_CHARS] or None
 
 
 def _short(message: object) -> str | None:

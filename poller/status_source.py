@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from poller.errors import SparkUnavailable
-from poller.master_view import ClusterView, MasterView
+from poller.master_view import ClusterView, MasterView, view_state
 from poller.metrics import STATUS_ANSWERS
 from poller.schemas import DriverState, DriverStatus
 from poller.spark import SparkClient
@@ -31,13 +31,6 @@ logger = logging.getLogger(__name__)
 
 # Past this share of max_age_s a view is still used, and a refresh starts in the background.
 REFRESH_AHEAD = 0.75
-
-
-def view_state(raw: str) -> DriverState:
-    try:
-        return DriverState(raw)
-    except ValueError:
-        return DriverState.UNKNOWN
 
 
 class StatusSource:
@@ -80,9 +73,10 @@ class StatusSource:
         shows the driver ended. None when no poll asks (an adoption)."""
         if self.view is not None and not direct:
             view = self._view_for(submission_id)
-            raw = None if view is None else view.states.get(submission_id)
-            if view is not None and raw is not None and view_state(raw) != DriverState.ERROR:
-                state = view_state(raw)
+            seen = None if view is None else view.status(submission_id)
+            if view is not None and seen is not None and seen.state != DriverState.ERROR:
+                state = seen.state
+                assert state is not None
                 with self._lock:
                     self._answered[submission_id] = view.taken_at
                     if request_id is not None:  # a poll's (an adoption leaves it to its poll)
@@ -91,7 +85,7 @@ class StatusSource:
                         else:
                             self._running[submission_id] = request_id
                 STATUS_ANSWERS.labels(self.name, "view").inc()
-                return DriverStatus(found=True, state=state, raw_state=raw)
+                return seen
         status = self.client.status(submission_id)
         answered = time.monotonic()
         if self.view is not None:

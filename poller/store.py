@@ -40,10 +40,14 @@ from poller.models import LAYOUT_ID, LayoutRow, LeaseRow, RequestRow, UTCDateTim
 from poller.schemas import (
     DriverState,
     DriverStatus,
+    EndDetails,
+    Failure,
     Fence,
     JobRecord,
     Phase,
+    SparkApp,
     TraceContext,
+    Worker,
     event_id_for,
 )
 from poller.shards import OUR_LOCKS, OUR_LOCKS_PARAMS
@@ -80,6 +84,15 @@ _ADD_POLLS = (
     .values(polls=_REQUESTS.c.polls + bindparam("n"), last_polled_at=bindparam("at"))
 )
 _COLUMNS = _REQUESTS.c
+# Columns an ending may fill in (None leaves them as they are).
+_DETAILS = (
+    "worker_id",
+    "worker_host",
+    "detection_bound_s",
+    "spark_app_id",
+    "spark_app_ui_url",
+    "failure",
+)
 # An ending, fixed once: with the polls counted since the last write (and the answer that showed
 # it, when ``seen``); the stored row comes back in the same statement where the database can.
 _FIX = (
@@ -103,6 +116,11 @@ _FIX = (
             else_=_COLUMNS.spark_state,
         ),
         unknown_polls=case((bindparam("seen", type_=Boolean), 0), else_=_COLUMNS.unknown_polls),
+        # What is known about the run: kept where this ending does not know better.
+        **{
+            name: func.coalesce(bindparam(name, type_=_COLUMNS[name].type), _COLUMNS[name])
+            for name in _DETAILS
+        },
     )
 )
 _LEASES = cast(Table, LeaseRow.__table__)
@@ -159,7 +177,39 @@ def _record(row: Any) -> JobRecord:
         event_id=row.event_id if published else None,
         traceparent=row.traceparent,
         tracestate=row.tracestate,
+        started_at=row.started_at,
+        worker=None if row.worker_id is None else Worker(id=row.worker_id, host=row.worker_host),
+        spark_app=(
+            None
+            if row.spark_app_id is None
+            else SparkApp(id=row.spark_app_id, ui_url=row.spark_app_ui_url)
+        ),
+        failure=None if row.failure is None else Failure.model_validate(row.failure),
+        detection_delay_bound_s=row.detection_bound_s,
     )
+
+
+def started(record: JobRecord, status: DriverStatus) -> bool:
+    """Whether ``status`` is the first sight of the driver running on a worker."""
+    return (
+        record.started_at is None
+        and status.state == DriverState.RUNNING
+        and status.worker_id is not None
+    )
+
+
+def _detail_params(seen: DriverStatus | None, details: EndDetails | None) -> dict[str, Any]:
+    """The ``_DETAILS`` columns an ending writes (None keeps what is stored)."""
+    details = details or EndDetails()
+    failure, app = details.failure, details.spark_app
+    return {
+        "worker_id": None if seen is None else seen.worker_id,
+        "worker_host": None if seen is None else seen.worker_host,
+        "detection_bound_s": details.detection_bound_s,
+        "spark_app_id": None if app is None else app.id,
+        "spark_app_ui_url": None if app is None else app.ui_url,
+        "failure": None if failure is None else failure.model_dump(mode="json"),
+    }
 
 
 def _tracking() -> Any:
@@ -273,6 +323,7 @@ class RequestStore:
         trace: TraceContext | None = None,
         adopted: tuple[DriverState, str | None] | None = None,
         also: Callable[[Connection], None] | None = None,
+        app_name: str | None = None,
     ) -> JobRecord:
         """Record a new request in phase SUBMITTING, or, with ``adopted`` (the driver's state
         and Spark's word for it, as just read), in phase POLLING; ``also`` writes more in the
@@ -297,6 +348,7 @@ class RequestStore:
                 submitted_at=utcnow(),
                 traceparent=None if trace is None else trace.traceparent,
                 tracestate=None if trace is None else trace.tracestate,
+                spark_app_name=None if app_name is None else app_name[:256],
             )
             values = {column.key: getattr(row, column.key) for column in _REQUESTS.columns}
 
@@ -466,6 +518,7 @@ class RequestStore:
         left the phases that ask Spark meanwhile (a cancel elsewhere): read it again then."""
         now = utcnow()
         changes: dict[str, object] = {}
+        columns: dict[str, object] = {}  # beyond the record fields of the same name
         if not status.found:
             changes["unknown_polls"] = record.unknown_polls + 1
         else:
@@ -478,6 +531,10 @@ class RequestStore:
                 changes["message"] = status.message
             if record.unknown_polls:
                 changes["unknown_polls"] = 0
+            if started(record, status):
+                changes["started_at"] = now
+                changes["worker"] = Worker(id=status.worker_id or "", host=status.worker_host)
+                columns = {"worker_id": status.worker_id, "worker_host": status.worker_host}
         if not changes:
             with self._counts_lock:
                 n, _ = self._counts.get(record.request_id, (0, now))
@@ -486,7 +543,8 @@ class RequestStore:
         taken = self._take_count(record.request_id)
         earlier = 0 if taken is None else taken[0]
         values: dict[str, object] = {
-            **changes,
+            **{key: value for key, value in changes.items() if key != "worker"},
+            **columns,
             "polls": _REQUESTS.c.polls + earlier + 1,
             "last_polled_at": now,
         }
@@ -533,15 +591,18 @@ class RequestStore:
         seen: DriverStatus | None = None,
         phase: Phase | None = None,
         fence: Fence | None = None,
+        details: EndDetails | None = None,
+        at: datetime | None = None,
     ) -> JobRecord | None:
         """Fix the request's outcome once (-> PUBLISHING) and return the record as stored; None
         if it was already fixed, or is no longer in ``phase`` (the phase the caller decided from),
         or ``fence`` (the leader's, for a poll's decision) no longer holds.
 
         ``seen`` is the status answer that showed the ending: counted as a poll, and Spark's
-        word for the state kept, in the same write."""
+        word for the state (and its worker) kept, in the same write, with ``details``; ``at``
+        is when the ending was seen (now if None)."""
         phases = ASKING_SPARK if phase is None else (phase.value,)
-        return self._fix(request_id, phases, final_state, message, seen, fence)
+        return self._fix(request_id, phases, final_state, message, seen, fence, details, at)
 
     def _fix(
         self,
@@ -551,8 +612,10 @@ class RequestStore:
         message: str | None,
         seen: DriverStatus | None = None,
         fence: Fence | None = None,
+        details: EndDetails | None = None,
+        at: datetime | None = None,
     ) -> JobRecord | None:
-        now = utcnow()
+        now = at or utcnow()
         taken = self._take_count(request_id)  # the polls counted so far go into the event
         polls, last = taken if taken is not None else (0, None)
         if seen is not None:
@@ -568,6 +631,7 @@ class RequestStore:
             "last": last,
             "seen": seen is not None,
             "spark": None if seen is None else seen.raw_state,
+            **_detail_params(seen, details),
         }
         returning = self.engine.dialect.update_returning
         if fence is None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import cast
 
+import pytest
 import requests
 
 from poller.devstack import SparkStandalone, wait_for
@@ -16,7 +19,11 @@ EXPECTED_HEADERS = {"ce_id", "ce_type", "ce_source", "ce_specversion", "ce_time"
 
 
 def test_success_and_failure_each_publish_one_event(
-    start_service: ServiceFactory, job_body: JobBody, events: EventReader, database_url: str
+    start_service: ServiceFactory,
+    job_body: JobBody,
+    events: EventReader,
+    database_url: str,
+    spark: SparkStandalone,
 ) -> None:
     svc = start_service(POLLER_DATABASE_URL=database_url)
     ok = svc.post(
@@ -24,7 +31,7 @@ def test_success_and_failure_each_publish_one_event(
         json={
             "request_id": "ok-1",
             "labels": {"team": "a", "run": "1"},
-            "job": job_body(seconds=1),
+            "job": job_body(seconds=2),
         },
     )
     bad = svc.post(
@@ -37,6 +44,7 @@ def test_success_and_failure_each_publish_one_event(
     assert ok.json()["submission_id"].startswith("driver-")
 
     by_key = events.wait_for_keys({"ok-1", "bad-1"})
+    [worker_id] = [w["id"] for w in cast(list[dict[str, str]], spark.cluster_state()["workers"])]
     wait_for(lambda: svc.job("bad-1")["phase"] == "done", 30, "bad-1 done")
     wait_for(lambda: svc.job("ok-1")["phase"] == "done", 30, "ok-1 done")
 
@@ -56,12 +64,23 @@ def test_success_and_failure_each_publish_one_event(
         assert event.headers["ce_id"] == event.value["event_id"]
         assert event.headers["ce_specversion"] == "1.0"
         assert event.headers["content-type"] == "application/json"
+        # Where and how long it ran: Spark's one worker; polls every second with a view of at
+        # most a third of that, so an ending is seen within 1.33 s of happening.
+        assert event.value["worker"] == {"id": worker_id, "host": "127.0.0.1"}
+        assert event.value["detection_delay_bound_s"] == pytest.approx(1 + 1 / 3)
         record = svc.job(request_id)
         assert record["state"] == expected_state
         assert record["event_id"] == event.value["event_id"]
         assert record["next_poll_at"] is None
     assert poll_job_ids(database_url) == set()
     assert sorted(e.key for e in events.drain()) == ["bad-1", "ok-1"]
+    # The two-second job was seen running: from then to its ending, at least its two seconds.
+    [ran] = by_key["ok-1"]
+    started, completed = (
+        datetime.fromisoformat(ran.value[k]) for k in ("started_at", "completed_at")
+    )
+    assert started <= completed
+    assert 2.0 <= ran.value["duration_s"] == round((completed - started).total_seconds(), 3)
 
 
 def test_adopted_driver_yields_its_event(

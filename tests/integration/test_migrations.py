@@ -28,6 +28,7 @@ from poller.db import create_db_engine
 from poller.devstack import free_port, wait_for
 from poller.errors import SchemaMismatch
 from poller.models import Base
+from poller.schemas import DriverState
 from poller.shards import JOBS_TABLE
 from poller.store import RequestStore
 
@@ -149,19 +150,17 @@ def test_an_empty_database_gets_the_schema_of_the_models(engine: sa.Engine) -> N
 
 
 def test_revision_0001_is_the_previous_release(engine: sa.Engine) -> None:
-    """The previous release's models differ from these by the two trace columns and the
-    lease and layout tables alone."""
+    """The previous release's models differ from these by the trace and run-detail columns and
+    the lease and layout tables alone."""
     _previous_release(engine)
     found = sorted(
         (diff[0], diff[1].name if diff[0] == "add_table" else diff[3].name)
         for diff in _differences(engine)
     )
-    assert found == [
-        ("add_column", "traceparent"),
-        ("add_column", "tracestate"),
-        ("add_table", "poller_layout"),
-        ("add_table", "poller_leases"),
-    ]
+    assert found == sorted(
+        [("add_column", name) for name in TRACE_COLUMNS | migrate.DETAIL_COLUMNS]
+        + [("add_table", "poller_layout"), ("add_table", "poller_leases")]
+    )
 
 
 def test_upgrading_twice_changes_nothing(
@@ -207,8 +206,9 @@ def test_a_previous_release_database_keeps_its_rows_and_gains_the_trace_columns(
     assert migrate.current(engine) == migrate.head()
     assert _columns(engine) >= TRACE_COLUMNS
     # Every old value unchanged, the new columns empty.
-    assert [row[:-2] for row in _rows(engine)] == rows
-    assert [row[-2:] for row in _rows(engine)] == [(None, None), (None, None)]
+    old = len(rows[0])
+    assert [row[:old] for row in _rows(engine)] == rows
+    assert {value for row in _rows(engine) for value in row[old:]} == {None}
     assert _differences(engine) == []
     record = RequestStore(engine).get("polling")
     assert record is not None
@@ -268,6 +268,50 @@ def test_downgrade_to_the_previous_release_and_back(engine: sa.Engine) -> None:
     assert _differences(engine) == []
     assert [row[0] for row in _rows(engine)] == ["traced"]
     assert _scheduler_jobs(engine) == ["some-job"]
+
+
+def test_a_database_of_the_release_before_run_details_upgrades_and_downgrades_with_its_rows(
+    engine: sa.Engine,
+) -> None:
+    """Revision 0004 (what the release before this one ran): its rows keep every value, the new
+    columns come empty, and a request in flight there is read, and ended, here."""
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0004")
+    _insert_old_rows(
+        engine,
+        [
+            _old_row("done-before"),
+            _old_row(
+                "polling-before",
+                submission_id=DRIVER,
+                phase="polling",
+                state="RUNNING",
+                completed_at=None,
+                published_at=None,
+            ),
+        ],
+    )
+    rows = _rows(engine)
+    assert migrate.upgrade(engine) == migrate.head()
+    old = len(rows[0])
+    assert [row[:old] for row in _rows(engine)] == rows
+    assert _columns(engine) >= migrate.DETAIL_COLUMNS
+    assert _differences(engine) == []
+    store = RequestStore(engine)
+    before = store.get("done-before")
+    assert before is not None
+    assert (before.started_at, before.worker, before.failure) == (None, None, None)
+    ended = store.complete("polling-before", DriverState.FINISHED, None)
+    assert ended is not None
+    assert ended.state == DriverState.FINISHED
+    assert ended.worker is None
+
+    with engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), "0004")
+    assert not migrate.DETAIL_COLUMNS & _columns(engine)
+    assert [row[0] for row in _rows(engine)] == ["done-before", "polling-before"]
+    assert migrate.upgrade(engine) == migrate.head()
+    assert _differences(engine) == []
 
 
 def test_tables_of_these_models_without_a_version_are_stamped_at_head(
@@ -479,6 +523,7 @@ def test_two_upgrades_at_once_apply_each_revision_once(
         "Running upgrade 0001 -> 0002",
         "Running upgrade 0002 -> 0003",
         "Running upgrade 0003 -> 0004",
+        "Running upgrade 0004 -> 0005",
     ]
     with engines[0].connect() as conn:
         assert conn.scalar(sa.text("SELECT count(*) FROM alembic_version")) == 1

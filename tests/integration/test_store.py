@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -14,9 +15,19 @@ import sqlalchemy as sa
 from poller.db import create_db_engine
 from poller.devstack import Postgres
 from poller.errors import ConfigMismatch, DriverTaken, RequestConflict, StoreUnavailable
-from poller.schemas import DriverState, DriverStatus, JobRecord, Phase
+from poller.outbox import completion_event
+from poller.schemas import (
+    DriverState,
+    DriverStatus,
+    EndDetails,
+    Failure,
+    JobRecord,
+    Phase,
+    Worker,
+)
 from poller.store import RequestStore
 from tests.databases import new_pg_database
+from tests.support import check_event
 
 DRIVER = "driver-20261125101500-0003"
 
@@ -98,6 +109,51 @@ def test_an_ending_returns_the_record_exactly_as_stored(store: RequestStore) -> 
     # Fixed once: a second ending finds nothing to fix and changes nothing.
     assert store.complete("ours", DriverState.FINISHED, "late") is None
     assert store.get("ours") == fixed
+
+
+def test_a_run_keeps_when_it_started_where_and_why_it_ended(store: RequestStore) -> None:
+    """The first answer that shows the driver running on a worker says when it started; the
+    ending brings its worker, reason and detection bound in the same write, and the event built
+    from the record carries them, as the shipped schema describes."""
+    _tracked(store, "ours", DRIVER)
+    submitted = DriverStatus(found=True, state=DriverState.SUBMITTED, raw_state="SUBMITTED")
+    assert store.record_poll(store.get("ours"), submitted).started_at is None  # type: ignore[arg-type,union-attr]
+    worker = {"worker_id": "worker-20261206-10.0.0.7-7078", "worker_host": "10.0.0.7"}
+    running = DriverStatus(found=True, state=DriverState.RUNNING, raw_state="RUNNING", **worker)
+    first = store.record_poll(store.get("ours"), running)  # type: ignore[arg-type]
+    assert first is not None
+    assert first.started_at is not None
+    store.record_poll(store.get("ours"), running)  # type: ignore[arg-type]  # not again
+    started = store.get("ours")
+    assert started is not None
+    assert started.started_at == first.started_at
+    assert started.worker == Worker(id=worker["worker_id"], host="10.0.0.7")
+
+    failure = Failure(
+        reason="ValueError: bad partition 7",
+        exception_class="ValueError",
+        frame='File "/jobs/bad.py", line 6, in process_partition',
+        log_tail="Traceback (most recent call last):\n...\nValueError: bad partition 7\n",
+        log_source="stdout",
+    )
+    ended = DriverStatus(found=True, state=DriverState.FAILED, raw_state="FAILED")  # no worker
+    seen_at = datetime.now(UTC)
+    fixed = store.complete(
+        "ours",
+        DriverState.FAILED,
+        None,
+        seen=ended,
+        details=EndDetails(failure=failure, detection_bound_s=30.0),
+        at=seen_at,
+    )
+    assert fixed is not None
+    assert fixed == store.get("ours")
+    assert fixed.completed_at == seen_at
+    assert fixed.worker == started.worker  # kept: the ending's answer named none
+    assert (fixed.failure, fixed.detection_delay_bound_s) == (failure, 30.0)
+    event = check_event(json.loads(completion_event(fixed).model_dump_json()))
+    assert event["failure"]["reason"] == "ValueError: bad partition 7"
+    assert event["duration_s"] == round((seen_at - first.started_at).total_seconds(), 3)
 
 
 def test_polls_counted_in_memory_are_written_for_every_request(store: RequestStore) -> None:

@@ -90,6 +90,23 @@ def test_status_answers() -> None:
     assert error.message == "Exception from the cluster:\njava.io.IOException: nope"
 
 
+@pytest.mark.parametrize(
+    ("host_port", "host"),
+    [("127.0.0.1:7078", "127.0.0.1"), ("[::1]:7078", "::1"), ("worker-3", "worker-3"), ("", None)],
+)
+def test_a_status_names_the_worker_and_its_host(host_port: str, host: str | None) -> None:
+    status = parse_status(
+        {
+            "success": True,
+            "driverState": "RUNNING",
+            "workerId": "worker-20261206-127.0.0.1-7078",
+            "workerHostPort": host_port,
+        }
+    )
+    assert (status.worker_id, status.worker_host) == ("worker-20261206-127.0.0.1-7078", host)
+    assert parse_status({"success": True, "driverState": "SUBMITTED"}).worker_id is None
+
+
 def test_terminal_states() -> None:
     assert {s for s in DriverState if s.terminal} == {
         DriverState.FINISHED,

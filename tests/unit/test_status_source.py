@@ -10,7 +10,7 @@ import pytest
 
 from poller.config import ClusterConfig
 from poller.errors import SparkUnavailable
-from poller.master_view import ClusterView, MasterView, driver_states
+from poller.master_view import ClusterView, MasterView, parse_view
 from poller.schemas import DriverState, DriverStatus
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
@@ -28,8 +28,43 @@ def view_payload(**overrides: Any) -> dict[str, Any]:
     }
 
 
+def states(payload: Any, masters: frozenset[str] | None) -> dict[str, str]:
+    return parse_view(payload, masters, 0.0).states
+
+
 def test_a_view_lists_every_driver_of_an_alive_master_of_the_cluster() -> None:
-    assert driver_states(view_payload(), MASTERS) == {"driver-1": "RUNNING", "driver-0": "FAILED"}
+    assert states(view_payload(), MASTERS) == {"driver-1": "RUNNING", "driver-0": "FAILED"}
+
+
+def test_a_view_names_each_drivers_worker_and_where_the_worker_is() -> None:
+    payload = view_payload(
+        workers=[
+            {"id": "w", "host": "10.0.0.7", "webuiaddress": "http://10.0.0.7:8081"},
+            {"id": 5},
+            "odd",
+        ],
+        activedrivers=[
+            {"id": "driver-1", "state": "RUNNING", "worker": "w"},
+            {"id": "driver-2", "state": "SUBMITTED", "worker": "None"},
+            {"id": "driver-3", "state": "RUNNING", "worker": "gone"},
+        ],
+    )
+    view = parse_view(payload, MASTERS, 0.0)
+    running = view.status("driver-1")
+    assert running is not None
+    assert (running.state, running.worker_id, running.worker_host) == (
+        DriverState.RUNNING,
+        "w",
+        "10.0.0.7",
+    )
+    assert view.workers["w"].ui_url == "http://10.0.0.7:8081"
+    waiting = view.status("driver-2")
+    assert waiting is not None
+    assert waiting.worker_id is None
+    unlisted_worker = view.status("driver-3")
+    assert unlisted_worker is not None
+    assert (unlisted_worker.worker_id, unlisted_worker.worker_host) == ("gone", None)
+    assert view.status("driver-9") is None
 
 
 @pytest.mark.parametrize(
@@ -46,18 +81,18 @@ def test_a_view_lists_every_driver_of_an_alive_master_of_the_cluster() -> None:
 )
 def test_a_view_that_cannot_speak_for_the_cluster_is_refused(payload: Any, reason: str) -> None:
     with pytest.raises(SparkUnavailable, match=reason):
-        driver_states(payload, MASTERS)
+        states(payload, MASTERS)
 
 
 def test_odd_entries_are_skipped_and_long_states_bounded() -> None:
     payload = view_payload(
         activedrivers=[None, {"id": 3, "state": "RUNNING"}, {"id": "d", "state": "X" * 99}]
     )
-    assert driver_states(payload, MASTERS) == {"d": "X" * 32, "driver-0": "FAILED"}
+    assert states(payload, MASTERS) == {"d": "X" * 32, "driver-0": "FAILED"}
 
 
 def test_named_ui_urls_are_trusted_without_the_master_check() -> None:
-    assert driver_states(view_payload(url="spark://alias:7077"), None)["driver-1"] == "RUNNING"
+    assert states(view_payload(url="spark://alias:7077"), None)["driver-1"] == "RUNNING"
 
 
 class FakeClient:
