@@ -360,6 +360,17 @@ class Settings(BaseSettings):
     kill_confirm_timeout_s: PositiveSeconds = Field(
         60.0, description="how long DELETE ?kill=true waits for Spark to confirm"
     )
+    # A FAILED, ERROR or KILLED driver's reason comes from its log on the worker that ran it;
+    # the event waits for it at most this long, and goes without it (saying why) after.
+    failure_lookup_s: float = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description="most an ending's event waits for the driver's log (0: no lookup)",
+    )
+    failure_log_tail_bytes: int = Field(
+        4096, ge=0, le=65536, description="bytes of the driver's log an event carries (0: none)"
+    )
 
     # Operations.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(

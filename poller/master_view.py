@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 
+from poller.bounded_http import get_bounded
 from poller.config import ClusterConfig
 from poller.errors import SparkUnavailable
 from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
@@ -24,7 +25,6 @@ from poller.spark import MAX_HOST_CHARS, MAX_STATE_CHARS, MAX_WORKER_ID_CHARS, j
 
 # 50,000 drivers take about 10 MB: room for many more, not for an endless answer.
 MAX_VIEW_BYTES = 128 * 1024 * 1024
-CHUNK_BYTES = 1024 * 1024
 MAX_URL_CHARS = 1024
 
 
@@ -137,8 +137,10 @@ class MasterView:
     def close(self) -> None:
         self._session.close()
 
-    def fetch(self) -> ClusterView:
-        """The view of the first master (from the last ALIVE one) whose view is usable."""
+    def fetch(self, timeout_s: float | None = None) -> ClusterView:
+        """The view of the first master (from the last ALIVE one) whose view is usable; each
+        master's answer within ``timeout_s`` (the cluster's Spark timeout if None)."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
         failures: list[str] = []
         try:
@@ -147,7 +149,7 @@ class MasterView:
                 base = self.bases[(first + step) % len(self.bases)]
                 taken_at = time.monotonic()
                 try:
-                    return parse_view(self._get(base), self.masters, taken_at)
+                    return parse_view(self._get(base, timeout_s), self.masters, taken_at)
                 except SparkUnavailable as exc:
                     failures.append(exc.message)
         finally:
@@ -157,30 +159,19 @@ class MasterView:
             f"no usable cluster view of Spark cluster {self.name!r}: {'; '.join(failures)}"
         )
 
-    def _get(self, base: str) -> Any:
+    def _get(self, base: str, timeout_s: float) -> Any:
         headers = {}
         if self.cluster.jws_secret is not None:
             headers["Authorization"] = f"Bearer {jws_token(self.cluster.jws_secret)}"
-        try:
-            with self._session.get(
-                f"{base}/json/", headers=headers, timeout=self.timeout_s, stream=True
-            ) as response:
-                if response.status_code != 200:
-                    raise SparkUnavailable(
-                        f"the master's /json/ answered HTTP {response.status_code}"
-                    )
-                body = bytearray()
-                deadline = time.monotonic() + 2 * self.timeout_s  # a trickle ends too
-                for chunk in response.iter_content(CHUNK_BYTES):
-                    body += chunk
-                    if len(body) > MAX_VIEW_BYTES:
-                        raise SparkUnavailable("the master's /json/ answer is too large")
-                    if time.monotonic() > deadline:
-                        raise SparkUnavailable("the master's /json/ answer is too slow")
-        except requests.RequestException as exc:
-            raise SparkUnavailable(
-                f"the master's web UI is unreachable: {type(exc).__name__}"
-            ) from exc
+        body = get_bounded(
+            self._session,
+            f"{base}/json/",
+            what="the master's /json/",
+            headers=headers,
+            timeout_s=timeout_s,
+            max_bytes=MAX_VIEW_BYTES,
+            total_s=2 * timeout_s,  # a trickle ends too
+        )
         try:
             return json.loads(body)
         except ValueError as exc:

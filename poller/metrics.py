@@ -51,8 +51,8 @@ STATUS_ANSWERS = Counter(
 )
 SPARK_CALL_SECONDS = Histogram(
     PREFIX + "spark_request_duration_seconds",
-    "Spark calls (REST create, status, kill; view: the web UI's /json/) with their retries and "
-    "master failover.",
+    "Spark calls (REST create, status, kill; view: the web UI's /json/; log: a driver's log on "
+    "its worker) with their retries and master failover.",
     ["cluster", "call"],
     buckets=CALL_BUCKETS,
 )
@@ -94,6 +94,13 @@ END_TO_EVENT_SECONDS = Histogram(
     PREFIX + "driver_end_to_event_seconds",
     "From the poll that saw the driver end (the record's completed_at) to the broker's ack.",
     buckets=LAG_BUCKETS,
+)
+FAILURE_LOOKUP_SECONDS = Histogram(
+    PREFIX + "failure_lookup_seconds",
+    "What reading a failed driver's log for its reason added to its ending: reason (found), "
+    "no_reason (the log told none), no_log (the log could not be had in time).",
+    ["cluster", "outcome"],
+    buckets=CALL_BUCKETS,
 )
 SCHEDULER_LAG_SECONDS = Histogram(
     PREFIX + "scheduler_lag_seconds",

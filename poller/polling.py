@@ -26,9 +26,18 @@ from poller.errors import (
     UnknownCluster,
 )
 from poller.logs import add_log_context, current_log_context, log_scope
+from poller.lookup import LOOKED_UP, FailureLookup
 from poller.metrics import POLL_ERRORS, POLLS
 from poller.outbox import Outbox
-from poller.schemas import DriverState, DriverStatus, EndDetails, Fence, JobRecord, Phase
+from poller.schemas import (
+    DriverState,
+    DriverStatus,
+    EndDetails,
+    Failure,
+    Fence,
+    JobRecord,
+    Phase,
+)
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
 from poller.store import RequestStore, utcnow
@@ -133,6 +142,7 @@ class Poller:
         remove_job: RemoveJob,
         policy: PollPolicy | None = None,
         fence: CurrentFence | None = None,
+        lookup: FailureLookup | None = None,
     ) -> None:
         """``fence`` gives the lease this process's scheduled runs decide under (None: they
         decide unfenced, as in a process that is alone by construction)."""
@@ -143,6 +153,7 @@ class Poller:
         self.remove_job = remove_job
         self.policy = policy or PollPolicy()
         self.current_fence = fence
+        self.lookup = lookup
         self.locks = RequestLocks()
 
     def lock_for(self, request_id: str) -> contextlib.AbstractContextManager[None]:
@@ -245,7 +256,9 @@ class Poller:
                     fence,
                     status,
                 )
-            return self._fix(record, status.state, status.message, fence, status)
+            seen_at = utcnow()
+            failure = self._failure(record, status, fence)
+            return self._fix(record, status.state, status.message, fence, status, failure, seen_at)
         record = self.store.record_poll(record, status) or self._reload(record.request_id)
         if not status.found:
             if record.phase == Phase.CANCELLING:  # killed and gone (or forgotten): cancelled
@@ -288,6 +301,17 @@ class Poller:
                 reason += self._kill(record, fence)
             return self._fix(record, DriverState.TIMED_OUT, reason, fence)
         return record
+
+    def _failure(
+        self, record: JobRecord, status: DriverStatus, fence: Fence | None
+    ) -> Failure | None:
+        """Why the driver failed, read within the lookup's budget (before the ending is fixed,
+        so reason and ending land together; a crash or a lost lease meanwhile fixes nothing,
+        and the next run looks again)."""
+        if self.lookup is None or status.state not in LOOKED_UP:
+            return None
+        self._still_leading(record.request_id, fence)  # no log read for a lease lost
+        return self.lookup.lookup(record, status)
 
     def _kill_unconfirmed(self, record: JobRecord, now: datetime) -> bool:
         requested = record.cancel_requested_at or now
@@ -337,13 +361,15 @@ class Poller:
         message: str | None,
         fence: Fence | None,
         seen: DriverStatus | None = None,
+        failure: Failure | None = None,
+        seen_at: datetime | None = None,
     ) -> JobRecord:
         # Decided from ``record``: a request another process moved on meanwhile (a cancel
         # through a standby) is left as it is, and its next run decides again. Under a fence
         # no longer current (another process leads now), nothing is written.
-        details = EndDetails(detection_bound_s=self.policy.detection_bound_s)
+        details = EndDetails(failure=failure, detection_bound_s=self.policy.detection_bound_s)
         fixed = self.store.complete(
-            record.request_id, final_state, message, seen, record.phase, fence, details
+            record.request_id, final_state, message, seen, record.phase, fence, details, seen_at
         )
         if fixed is None:
             return self._reload(record.request_id)

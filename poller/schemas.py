@@ -23,6 +23,8 @@ REQUEST_ID_PATTERN = (
 SUBMISSION_ID_PATTERN = r"^driver-[0-9]{14}-[0-9]{4,10}$"
 # The cluster decides these: a request must not point its driver at another master.
 RESERVED_SPARK_PROPERTIES = frozenset({"spark.master", "spark.submit.deployMode"})
+# Ours: the tag that finds a driver whose create was interrupted (spark.create_request_body).
+RESERVED_SPARK_PREFIX = "spark.poller."
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c0e-2b6a-5d8e-9a41-5f0c3b7e8d21")
 
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
@@ -167,7 +169,11 @@ class JobSpec(Strict):
     def _check(self) -> Self:
         if self.main_class is None and not self.is_python:
             raise ValueError("main_class is required unless app_resource is a .py file")
-        reserved = sorted(RESERVED_SPARK_PROPERTIES & self.spark_properties.keys())
+        reserved = sorted(
+            key
+            for key in self.spark_properties
+            if key in RESERVED_SPARK_PROPERTIES or key.startswith(RESERVED_SPARK_PREFIX)
+        )
         if reserved:
             raise ValueError(f"{', '.join(reserved)} is set by the service from the cluster")
         return self

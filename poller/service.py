@@ -25,6 +25,8 @@ from poller.jobs import Jobs
 from poller.jobstore import jobs_channel
 from poller.leadership import Leadership, ShardLead
 from poller.lease import Membership, lease_for
+from poller.lookup import ClusterLogs, FailureLookup
+from poller.masking import Masker, secret_values
 from poller.master_view import MasterView
 from poller.metrics import LEASE_CHANGES, LEASE_HELD, OPEN_PHASES, STORE, StoreSnapshot
 from poller.outbox import Outbox
@@ -34,6 +36,7 @@ from poller.schemas import Fence
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
 from poller.store import RequestStore
+from poller.worker_logs import WorkerLogs
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +115,33 @@ class Service:
             self.scheduler.remove_many,
             stuck_after_s=settings.kafka_delivery_timeout_s + 5,
         )
+        # Each cluster's master view: the polls' source of states ("view"), and where a failed
+        # driver's worker is found.
+        self.views = {
+            name: MasterView(name, client.cluster, settings.spark_timeout_s, client.alive_master)
+            for name, client in self.clusters.items()
+        }
         self.sources = {
             name: StatusSource(
                 client,
-                None
-                if settings.status_source == "rest"
-                else MasterView(
-                    name, client.cluster, settings.spark_timeout_s, client.alive_master
-                ),
+                None if settings.status_source == "rest" else self.views[name],
                 view_max_age_s(settings),
                 wake=self.scheduler.wake,
             )
             for name, client in self.clusters.items()
         }
+        self.worker_logs = {
+            name: WorkerLogs(name, client.cluster) for name, client in self.clusters.items()
+        }
+        lookup = FailureLookup(
+            {
+                name: ClusterLogs(self.views[name], self.worker_logs[name], source.latest_view)
+                for name, source in self.sources.items()
+            },
+            settings.failure_lookup_s,
+            settings.failure_log_tail_bytes,
+            Masker(secret_values(settings)),
+        )
         self.poller = Poller(
             self.store,
             self.clusters,
@@ -133,6 +150,7 @@ class Service:
             self.scheduler.remove,
             policy,
             fence=self.fence,
+            lookup=lookup if settings.failure_lookup_s > 0 else None,
         )
         self.jobs = Jobs(
             settings, self.store, self.clusters, self.scheduler, self.poller, self.outbox
@@ -260,8 +278,10 @@ class Service:
         self.leadership.release_all()  # the others take our shards at their next beat
         for client in self.clusters.values():
             client.close()
-        for source in self.sources.values():
-            source.close()
+        for view in self.views.values():
+            view.close()
+        for logs in self.worker_logs.values():
+            logs.close()
         self.engine.dispose()
         logger.info("service stopped")
 

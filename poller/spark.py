@@ -40,7 +40,13 @@ from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from poller.config import ClusterConfig
 from poller.errors import SparkError, SparkRejected, SparkUnavailable
 from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
-from poller.schemas import DriverState, DriverStatus, JobSpec
+from poller.schemas import (
+    RESERVED_SPARK_PREFIX,
+    DriverState,
+    DriverStatus,
+    JobSpec,
+    event_id_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +86,9 @@ _NEVER_SENT: tuple[type[BaseException], ...] = (
 )
 
 
+TAG_PROPERTY = RESERVED_SPARK_PREFIX + "tag"
+
+
 def app_name(spec: JobSpec, request_id: str) -> str:
     """The application name the driver's SparkContext registers with: the job's, or ours."""
     return spec.spark_properties.get("spark.app.name", request_id)
@@ -95,6 +104,10 @@ def create_request_body(
         **spec.spark_properties,
         "spark.master": master_url,
         "spark.submit.deployMode": "cluster",
+        # Reaches the driver's launch command, which its worker writes at the top of its
+        # stderr: how a driver whose create answer was lost is found. A UUID, which Spark's
+        # redaction of secret-looking values never hides (a request_id might look like one).
+        TAG_PROPERTY: event_id_for(request_id),
     }
     if spec.main_class is None:  # a .py resource: Spark's Python runner conventions
         main_class = PYTHON_RUNNER

@@ -60,9 +60,9 @@ class StatusSource:
         self._retry_at = 0.0
         self._problem: str | None = None
 
-    def close(self) -> None:
-        if self.view is not None:
-            self.view.close()
+    def latest_view(self) -> ClusterView | None:
+        """The last view taken, whatever its age (None with none, or without views)."""
+        return self._current
 
     def status(
         self, submission_id: str, direct: bool = False, request_id: str | None = None

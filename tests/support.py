@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -518,6 +519,8 @@ class ViewProxy(LoopbackServer):
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
         self.mode: str | None = None
+        # When set, every worker's web UI address in the view is this one.
+        self.worker_ui: str | None = None
         self.views = 0
         self._lock = threading.Lock()
         proxy = self
@@ -545,6 +548,11 @@ class ViewProxy(LoopbackServer):
         if mode == "garbage":
             return 200, b"{not json"
         real = requests.get(self.target + path, timeout=30)
+        if self.worker_ui is not None and real.status_code == 200:
+            view = real.json()
+            for worker in view.get("workers", []):
+                worker["webuiaddress"] = self.worker_ui
+            return 200, json.dumps(view).encode()
         if mode != "standby":
             return real.status_code, real.content
         view = real.json()
@@ -554,3 +562,18 @@ class ViewProxy(LoopbackServer):
         view["completeddrivers"] = view.get("completeddrivers", []) + view.pop("activedrivers", [])
         view["activedrivers"] = []
         return 200, json.dumps(view).encode()
+
+
+class SilentServer:
+    """A loopback port that takes connections and never answers: a hung web UI."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self.socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.socket.close()

@@ -59,6 +59,12 @@ def _bad_bodies(job: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str
             "spark.master",
         ),
         (
+            "the service's own property",
+            {"json": {"job": {**job, "spark_properties": {"spark.poller.tag": "another"}}}},
+            422,
+            "spark.poller.tag",
+        ),
+        (
             "too many labels",
             {"json": {"job": job, "labels": {f"k{i}": "v" for i in range(65)}}},
             422,

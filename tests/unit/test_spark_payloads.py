@@ -22,7 +22,7 @@ from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from poller.errors import SparkUnavailable
-from poller.schemas import DriverState, JobSpec
+from poller.schemas import DriverState, JobSpec, event_id_for
 from poller.spark import (
     PYTHON_RUNNER,
     _may_have_landed,
@@ -46,6 +46,7 @@ def test_python_resource_gets_spark_submit_conventions() -> None:
     assert props["spark.master"] == "spark://m:7077"
     assert props["spark.submit.deployMode"] == "cluster"
     assert props["spark.app.name"] == "req-1"
+    assert props["spark.poller.tag"] == event_id_for("req-1")  # finds it after a lost answer
     assert "spark.jars" not in props
     assert body["environmentVariables"] == {"SPARK_ENV_LOADED": "1"}
 

@@ -252,7 +252,7 @@ def test_a_failed_refresh_ahead_keeps_the_view_until_it_is_too_old() -> None:
     view = FakeView({f"d{n}": "RUNNING" for n in range(4)})
     statuses, client = source(view, max_age_s=0.5)
     statuses.status("d0")
-    view.fail = "the master's web UI is unreachable: ConnectionError"
+    view.fail = "the master's /json/ is unreachable: ConnectionError"
     time.sleep(0.4)  # ageing: a refresh ahead starts, and fails
     assert statuses.status("d1").state == DriverState.RUNNING
     deadline = time.monotonic() + 5

@@ -1,0 +1,55 @@
+"""Reading a worker's answer to a log request, and where a worker's web UI may be."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from poller.errors import SparkUnavailable
+from poller.worker_logs import _base, parse_log
+
+LOGS = Path(__file__).parent / "data" / "spark_logs"
+
+
+def test_the_range_line_is_read_and_the_log_follows_it() -> None:
+    body = (LOGS / "python_value_error.stdout.log_endpoint").read_bytes()
+    chunk = parse_log(body, "driver-20261206115154-0000")
+    assert (chunk.start, chunk.length) == (0, 353)
+    assert chunk.text == (LOGS / "python_value_error.stdout").read_text()
+
+
+def test_a_middle_range_and_broken_utf8_are_read() -> None:
+    body = b"==== Bytes 100-104 of 900 of /w/driver-1/stderr ====\n\xffab\n"
+    chunk = parse_log(body, "driver-1")
+    assert (chunk.start, chunk.length, chunk.text) == (100, 900, "\ufffdab\n")
+
+
+@pytest.mark.parametrize(
+    "body", [b"Error: invalid log directory /w/driver-9", b"", b"<html>Not Found</html>"]
+)
+def test_an_answer_without_a_range_is_no_log(body: bytes) -> None:
+    with pytest.raises(SparkUnavailable, match="no such log of driver-9"):
+        parse_log(body, "driver-9")
+
+
+@pytest.mark.parametrize(
+    ("address", "base"),
+    [
+        ("http://10.0.0.7:8081", "http://10.0.0.7:8081"),
+        ("http://user:secret@10.0.0.7:8081/proxy/x?y=1", "http://10.0.0.7:8081"),
+        ("https://worker-3.example", "https://worker-3.example"),
+        ("http://[fe80::1]:8081", "http://[fe80::1]:8081"),
+    ],
+)
+def test_a_worker_address_keeps_only_its_scheme_host_and_port(address: str, base: str) -> None:
+    assert _base(address) == base
+
+
+@pytest.mark.parametrize(
+    "address", ["file:///etc/passwd", "ftp://w:21", "10.0.0.7:8081", "http://:8081", "http://[x"]
+)
+def test_a_worker_address_that_is_not_http_is_never_read(address: str) -> None:
+    with pytest.raises(SparkUnavailable, match="not an http") as refused:
+        _base(address)
+    assert "secret" not in refused.value.message
