@@ -368,6 +368,14 @@ class Settings(BaseSettings):
         le=30,
         description="most an ending's event waits for the driver's log (0: no lookup)",
     )
+    # A create whose answer was lost may have made the driver: it is looked for this long (by
+    # the tag every create carries) before the request ends SUBMIT_UNKNOWN.
+    recovery_search_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="how long a driver whose create answer was lost is looked for (0: not)",
+    )
     failure_log_tail_bytes: int = Field(
         4096, ge=0, le=65536, description="bytes of the driver's log an event carries (0: none)"
     )

@@ -236,20 +236,40 @@ class Jobs:
         admission.admit(job, self.settings)
 
     def _give_up_submission(self, request_id: str, why: str) -> None:
-        """Spark may have taken the submission: never resubmit, publish SUBMIT_UNKNOWN instead."""
-        message = (
-            f"{why}; whether Spark created the driver is unknown, so it was not submitted again"
-        )
-        if self.store.resolve_submitting(request_id, DriverState.SUBMIT_UNKNOWN, message):
-            logger.error(
-                "submission of %s has an unknown outcome: %s",
+        """Spark may have taken the submission: never resubmit. Its driver is looked for (by
+        its tag) for ``recovery_search_s``, then the request ends SUBMIT_UNKNOWN."""
+        search_s = self.settings.recovery_search_s
+        if search_s <= 0:
+            message = (
+                f"{why}; whether Spark created the driver is unknown, so it was not submitted again"
+            )
+            if self.store.resolve_submitting(request_id, DriverState.SUBMIT_UNKNOWN, message):
+                logger.error(
+                    "submission of %s has an unknown outcome: %s",
+                    request_id,
+                    why,
+                    extra={"request_id": request_id},
+                )
+                with contextlib.suppress(StoreUnavailable):
+                    self.scheduler.add(request_id, first_run_at=datetime.now(UTC))
+            raise SubmissionUnknown(f"request {request_id!r}: {message}")
+        now = datetime.now(UTC)
+        with self.scheduler.adding(request_id, first_run_at=now) as write_job:
+            searching = self.store.start_search(
+                request_id, now + timedelta(seconds=search_s), why, also=write_job
+            )
+        if searching:
+            logger.warning(
+                "submission of %s may have made a driver (%s): looking for it on the cluster",
                 request_id,
                 why,
                 extra={"request_id": request_id},
             )
-            with contextlib.suppress(StoreUnavailable):
-                self.scheduler.add(request_id, first_run_at=datetime.now(UTC))
-        raise SubmissionUnknown(f"request {request_id!r}: {message}")
+        raise SubmissionUnknown(
+            f"request {request_id!r}: {why}; Spark may have created the driver, so it is not "
+            f"submitted again: it is looked for on the cluster for up to {search_s:g}s, and the "
+            "request's event says what became of it"
+        )
 
     def _forget(self, request_id: str) -> None:
         """Spark surely has no driver for the request: drop its record, now or once the database

@@ -44,6 +44,8 @@ class ClusterView:
     states: dict[str, str]
     placed: dict[str, str] = field(default_factory=dict)
     workers: dict[str, WorkerInfo] = field(default_factory=dict)
+    # When the master took each driver (epoch ms), in a view fetched ``times=True``.
+    submitted_ms: dict[str, int] = field(default_factory=dict)
 
     def status(self, submission_id: str) -> DriverStatus | None:
         """The driver's status as this view shows it; None if the view does not list it."""
@@ -68,10 +70,13 @@ def view_state(raw: str) -> DriverState:
         return DriverState.UNKNOWN
 
 
-def parse_view(payload: object, masters: frozenset[str] | None, taken_at: float) -> ClusterView:
+def parse_view(
+    payload: object, masters: frozenset[str] | None, taken_at: float, times: bool = False
+) -> ClusterView:
     """Read a ``/json/`` answer; raises SparkUnavailable when it cannot speak for the cluster.
 
-    ``masters`` (host:port) are the masters it must come from; None trusts any."""
+    ``masters`` (host:port) are the masters it must come from; None trusts any. ``times``
+    reads when each driver was submitted too (only a search needs it)."""
     if not isinstance(payload, dict):
         raise SparkUnavailable("the master's /json/ answered oddly")
     status = payload.get("status")
@@ -88,6 +93,7 @@ def parse_view(payload: object, masters: frozenset[str] | None, taken_at: float)
     workers = _workers(payload.get("workers"))
     states: dict[str, str] = {}
     placed: dict[str, str] = {}
+    submitted_ms: dict[str, int] = {}
     for key in ("activedrivers", "completeddrivers"):
         drivers = payload.get(key)
         if not isinstance(drivers, list):
@@ -101,7 +107,21 @@ def parse_view(payload: object, masters: frozenset[str] | None, taken_at: float)
                 worker = driver.get("worker")
                 if isinstance(worker, str) and worker != "None":
                     placed[driver_id] = worker[:MAX_WORKER_ID_CHARS]
-    return ClusterView(taken_at, states, placed, workers)
+                if times:
+                    start = _epoch_ms(driver.get("starttime"))
+                    if start is not None:
+                        submitted_ms[driver_id] = start
+    return ClusterView(taken_at, states, placed, workers, submitted_ms)
+
+
+def _epoch_ms(value: object) -> int | None:
+    """Spark writes a driver's start time as a string of epoch milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def _workers(listed: object) -> dict[str, WorkerInfo]:
@@ -137,9 +157,10 @@ class MasterView:
     def close(self) -> None:
         self._session.close()
 
-    def fetch(self, timeout_s: float | None = None) -> ClusterView:
+    def fetch(self, timeout_s: float | None = None, times: bool = False) -> ClusterView:
         """The view of the first master (from the last ALIVE one) whose view is usable; each
-        master's answer within ``timeout_s`` (the cluster's Spark timeout if None)."""
+        master's answer within ``timeout_s`` (the cluster's Spark timeout if None); ``times``
+        as :func:`parse_view`'s."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
         failures: list[str] = []
@@ -149,7 +170,8 @@ class MasterView:
                 base = self.bases[(first + step) % len(self.bases)]
                 taken_at = time.monotonic()
                 try:
-                    return parse_view(self._get(base, timeout_s), self.masters, taken_at)
+                    payload = self._get(base, timeout_s)
+                    return parse_view(payload, self.masters, taken_at, times)
                 except SparkUnavailable as exc:
                     failures.append(exc.message)
         finally:

@@ -1,7 +1,9 @@
 """The poll job: one run for one request_id. Imports no web framework and no scheduler.
 
 A run is a small state machine driven by the request's record, so a crash at any point is repaired
-by the next run: POLLING (and CANCELLING, a kill awaiting Spark's confirmation) asks Spark and, on
+by the next run: SUBMITTING with a search (a create whose answer was lost) looks for its driver on
+the cluster by its tag, and tracks it once found; POLLING (and CANCELLING, a kill awaiting Spark's
+confirmation) asks Spark and, on
 an ending, fixes the outcome in the database (PUBLISHING); PUBLISHING offers the record to the
 outbox, which publishes the event (built from the record, hence identical on every retry) and, on
 Kafka's ack, marks the request DONE and removes the job; DONE removes the job.
@@ -15,9 +17,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from poller.errors import (
+    DriverTaken,
     LeaseLost,
     PollerError,
     SparkError,
@@ -25,6 +28,7 @@ from poller.errors import (
     StoreUnavailable,
     UnknownCluster,
 )
+from poller.finder import DriverFinder
 from poller.logs import add_log_context, current_log_context, log_scope
 from poller.lookup import LOOKED_UP, FailureLookup
 from poller.metrics import POLL_ERRORS, POLLS
@@ -37,6 +41,7 @@ from poller.schemas import (
     Fence,
     JobRecord,
     Phase,
+    event_id_for,
 )
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
@@ -45,6 +50,9 @@ from poller.store import RequestStore, utcnow
 logger = logging.getLogger(__name__)
 
 ASKING_SPARK = (Phase.POLLING, Phase.CANCELLING)
+# Past its search's end, a request waits this much longer while drivers of its window wait for
+# a worker (one of them may be its own).
+MAX_WAIT_FOR_WORKER = timedelta(days=1)
 
 RemoveJob = Callable[[str], None]
 # The fence of a request's shard while this process leads it and knows so, else None.
@@ -143,6 +151,7 @@ class Poller:
         policy: PollPolicy | None = None,
         fence: CurrentFence | None = None,
         lookup: FailureLookup | None = None,
+        finders: Mapping[str, DriverFinder] | None = None,
     ) -> None:
         """``fence`` gives the lease this process's scheduled runs decide under (None: they
         decide unfenced, as in a process that is alone by construction)."""
@@ -154,6 +163,7 @@ class Poller:
         self.policy = policy or PollPolicy()
         self.current_fence = fence
         self.lookup = lookup
+        self.finders = finders or {}
         self.locks = RequestLocks()
 
     def lock_for(self, request_id: str) -> contextlib.AbstractContextManager[None]:
@@ -209,6 +219,8 @@ class Poller:
             self.remove_job(request_id)
             return None
         add_log_context(submission_id=record.submission_id, cluster=record.cluster)
+        if record.phase == Phase.SUBMITTING and record.search_until is not None:
+            record = self._search(record, fence)
         if record.phase in ASKING_SPARK:
             record = self._check_spark(record, fence)
         if record.phase == Phase.PUBLISHING:
@@ -301,6 +313,61 @@ class Poller:
                 reason += self._kill(record, fence)
             return self._fix(record, DriverState.TIMED_OUT, reason, fence)
         return record
+
+    def _search(self, record: JobRecord, fence: Fence | None) -> JobRecord:
+        """Look for the driver of a create whose answer was lost (by its tag); adopt it once
+        found. Past the search's end, with nothing found, the request ends SUBMIT_UNKNOWN; but
+        never while a driver of its window still waits for a worker (it may be ours)."""
+        assert record.search_until is not None
+        finder = self.finders.get(record.cluster)
+        if finder is None:
+            raise UnknownCluster(f"cluster {record.cluster!r} is not configured in this process")
+        self._still_leading(record.request_id, fence)
+        since_ms = int(record.submitted_at.timestamp() * 1000)
+        found = finder.find(event_id_for(record.request_id), since_ms)
+        if found.driver is not None:
+            return self._adopt_found(record, found.driver, fence)
+        now = utcnow()
+        give_up = now >= record.search_until and (
+            not found.waiting or now >= record.search_until + MAX_WAIT_FOR_WORKER
+        )
+        if found.tagged:  # more than one: never pick
+            why = f"drivers {', '.join(sorted(found.tagged))} all carry this request's tag"
+        elif give_up:
+            why = (
+                f"no driver on the cluster carries this request's tag ({found.summary()}); "
+                "it was not submitted again"
+            )
+        else:
+            logger.info(
+                "looking for the driver of %s: %s",
+                record.request_id,
+                found.summary(),
+                extra={"request_id": record.request_id},
+            )
+            return record
+        message = f"{record.message or 'the create call was interrupted'}; {why}"
+        return self._fix(record, DriverState.SUBMIT_UNKNOWN, message, fence)
+
+    def _adopt_found(self, record: JobRecord, driver: str, fence: Fence | None) -> JobRecord:
+        self._still_leading(record.request_id, fence)
+        try:
+            moved = self.store.mark_submitted(
+                record.request_id, driver, DriverState.UNKNOWN, withdraw=False
+            )
+        except DriverTaken as exc:
+            message = f"{record.message or 'the create call was interrupted'}; {exc.message}"
+            return self._fix(record, DriverState.SUBMIT_UNKNOWN, message, fence)
+        if moved is None:
+            return self._reload(record.request_id)
+        logger.warning(
+            "found driver %s of %s, whose create call's answer was lost: tracking it",
+            driver,
+            record.request_id,
+            extra={"request_id": record.request_id, "submission_id": driver},
+        )
+        add_log_context(submission_id=driver)
+        return moved
 
     def _failure(
         self, record: JobRecord, status: DriverStatus, fence: Fence | None

@@ -262,6 +262,8 @@ class JobRecord(BaseModel):
     event_id: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    # Set while the driver of a create whose answer was lost is looked for on the cluster.
+    search_until: datetime | None = None
     started_at: datetime | None = None
     worker: Worker | None = None
     spark_app: SparkApp | None = None

@@ -20,6 +20,7 @@ from poller.config import Settings
 from poller.db import create_db_engine
 from poller.errors import ConfigMismatch, PollerError
 from poller.events import EventPublisher, producer_config
+from poller.finder import DriverFinder
 from poller.health import HealthMonitor
 from poller.jobs import Jobs
 from poller.jobstore import jobs_channel
@@ -151,6 +152,12 @@ class Service:
             policy,
             fence=self.fence,
             lookup=lookup if settings.failure_lookup_s > 0 else None,
+            finders={
+                name: DriverFinder(
+                    self.views[name], self.worker_logs[name], settings.spark_timeout_s
+                )
+                for name in self.clusters
+            },
         )
         self.jobs = Jobs(
             settings, self.store, self.clusters, self.scheduler, self.poller, self.outbox

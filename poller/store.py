@@ -61,6 +61,7 @@ ACTIVE_PHASES = (Phase.POLLING.value, Phase.CANCELLING.value, Phase.PUBLISHING.v
 ASKING_SPARK = (Phase.POLLING.value, Phase.CANCELLING.value)
 # A conflicting row that vanishes before we can name it (it just ended) earns another try.
 CONFLICT_ATTEMPTS = 3
+MAX_WHY_CHARS = 2000
 # Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters.
 IN_CHUNK = 500
 # Writes below must not make the ORM read rows first: that read would sit outside the
@@ -177,6 +178,7 @@ def _record(row: Any) -> JobRecord:
         event_id=row.event_id if published else None,
         traceparent=row.traceparent,
         tracestate=row.tracestate,
+        search_until=row.search_until,
         started_at=row.started_at,
         worker=None if row.worker_id is None else Worker(id=row.worker_id, host=row.worker_host),
         spark_app=(
@@ -210,6 +212,11 @@ def _detail_params(seen: DriverStatus | None, details: EndDetails | None) -> dic
         "spark_app_ui_url": None if app is None else app.ui_url,
         "failure": None if failure is None else failure.model_dump(mode="json"),
     }
+
+
+def _searching() -> Any:
+    """Requests whose create may have landed, while their driver is looked for."""
+    return (RequestRow.phase == Phase.SUBMITTING.value) & RequestRow.search_until.is_not(None)
 
 
 def _tracking() -> Any:
@@ -395,6 +402,7 @@ class RequestStore:
         state: DriverState,
         spark_state: str | None = None,
         also: Callable[[Connection], None] | None = None,
+        withdraw: bool = True,
     ) -> JobRecord | None:
         """Spark accepted (or we adopted) the driver: from here on the poll job owns the request.
         ``spark_state`` is Spark's own word for ``state``, when an answer gave one; ``also``
@@ -406,7 +414,8 @@ class RequestStore:
         Raises DriverTaken if another request began tracking this driver first: someone adopted
         the driver Spark just made for us before we recorded it. Our request is then withdrawn
         (deleted, as if never made) so the driver keeps exactly one request and one event; the
-        error names the request that tracks it.
+        error names the request that tracks it. Without ``withdraw`` (a search found the driver:
+        nobody waits on a call for the error) the request is left as it is.
         """
         for _ in range(CONFLICT_ATTEMPTS):
             try:
@@ -422,6 +431,7 @@ class RequestStore:
                             phase=Phase.POLLING.value,
                             state=state.value,
                             spark_state=spark_state,
+                            search_until=None,
                         )
                         .execution_options(**NO_PRE_READ)
                     )
@@ -433,13 +443,16 @@ class RequestStore:
                     assert row is not None
                     return _record(row)
             except IntegrityError as exc:
-                taken = self._withdraw(request_id, submission_id)
+                taken = self._withdraw(request_id, submission_id, withdraw)
                 if taken is not None:
                     raise taken from exc
         raise RequestConflict(f"driver {submission_id!r} kept conflicting with changing requests")
 
-    def _withdraw(self, request_id: str, submission_id: str) -> DriverTaken | None:
-        """Drop our SUBMITTING request if another one tracks ``submission_id``; say which.
+    def _withdraw(
+        self, request_id: str, submission_id: str, withdraw: bool = True
+    ) -> DriverTaken | None:
+        """Drop our SUBMITTING request (unless not ``withdraw``) if another one tracks
+        ``submission_id``; say which.
 
         None when there is nothing to withdraw: the other request ended, or ours moved on.
         """
@@ -452,8 +465,11 @@ class RequestStore:
                 return None  # it ended in between: try to record ours again
             message = (
                 f"Spark created driver {submission_id!r} for request {request_id!r}, but "
-                f"{_taken(tracker)}; request {request_id!r} was withdrawn"
+                f"{_taken(tracker)}"
             )
+            if not withdraw:
+                return DriverTaken(message, tracker.request_id)
+            message += f"; request {request_id!r} was withdrawn"
             dropped = session.execute(
                 delete(RequestRow)
                 .where(
@@ -472,10 +488,43 @@ class RequestStore:
         return fixed is not None
 
     @_translate_db_errors
+    def start_search(
+        self,
+        request_id: str,
+        until: datetime,
+        why: str,
+        also: Callable[[Connection], None] | None = None,
+    ) -> bool:
+        """Look for the driver of a create that may have landed until ``until``: the request
+        stays SUBMITTING, and ``also`` writes its poll job (which searches) in the same
+        transaction. False if the request moved on, or is already searched for."""
+        statement = (
+            update(_REQUESTS)
+            .where(
+                _COLUMNS.request_id == request_id,
+                _COLUMNS.phase == Phase.SUBMITTING.value,
+                _COLUMNS.search_until.is_(None),
+            )
+            .values(search_until=until, message=why[:MAX_WHY_CHARS])
+        )
+
+        def write(conn: Connection) -> bool:
+            if not _rowcount(conn.execute(statement)):
+                return False
+            if also is not None:
+                also(conn)
+            return True
+
+        return bool(self._group.run(write))
+
+    @_translate_db_errors
     def submitting_since(self, cutoff: datetime) -> list[JobRecord]:
-        """Requests still SUBMITTING that were recorded before ``cutoff``."""
+        """Requests still SUBMITTING that were recorded before ``cutoff``, and not searched
+        for yet."""
         query = select(RequestRow).where(
-            RequestRow.phase == Phase.SUBMITTING.value, RequestRow.submitted_at < cutoff
+            RequestRow.phase == Phase.SUBMITTING.value,
+            RequestRow.submitted_at < cutoff,
+            RequestRow.search_until.is_(None),
         )
         with self._sessions() as session:
             return [_record(row) for row in session.scalars(query)]
@@ -774,9 +823,12 @@ class RequestStore:
 
     @_translate_db_errors
     def active_ids(self) -> set[str]:
-        """Requests that must have a poll job: still polling, or their event not yet confirmed."""
+        """Requests that must have a poll job: still polling, their event not yet confirmed, or
+        their driver searched for."""
         with self._sessions() as session:
-            query = select(RequestRow.request_id).where(RequestRow.phase.in_(ACTIVE_PHASES))
+            query = select(RequestRow.request_id).where(
+                RequestRow.phase.in_(ACTIVE_PHASES) | _searching()
+            )
             return set(session.scalars(query))
 
     @_translate_db_errors

@@ -35,6 +35,7 @@ _RANGE = re.compile(rb"==== Bytes (\d+)-(\d+) of (\d+) of [^\n]* ====\n?")
 class LogChunk:
     text: str
     start: int  # offset of text's first byte in the log
+    end: int  # offset just past its last byte
     length: int  # the whole log's length, as the worker saw it
 
 
@@ -104,9 +105,9 @@ def parse_log(body: bytes, driver_id: str) -> LogChunk:
         # The worker's answer to an unknown driver or log is a line of its own ("Error: ...").
         first = body.split(b"\n", 1)[0][:200].decode("utf-8", "replace")
         raise SparkUnavailable(f"the worker has no such log of {driver_id}: {first!r}")
-    start, _end, length = (int(group) for group in match.groups())
+    start, end, length = (int(group) for group in match.groups())
     text = body[match.end() :].decode("utf-8", "replace")
-    return LogChunk(text, start, length)
+    return LogChunk(text, start, end, length)
 
 
 def _base(ui_url: str) -> str:

@@ -106,7 +106,12 @@ JobBody = Callable[..., dict[str, Any]]
 def base_env(
     spark: SparkStandalone, kafka: KafkaBroker, topic: str, workdir: Path
 ) -> dict[str, str]:
-    """The environment of a service wired to the session's Spark and Kafka, on SQLite."""
+    """The environment of a service wired to the session's Spark and Kafka, on SQLite.
+
+    Polls ask each driver's REST status (a test's proxy sees them); the master's web UI, where
+    a failed driver's worker and a lost create's driver are found, is the real one. A lost
+    create's driver is looked for 20 s, not 5 min, so a create that never reached Spark ends
+    soon."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLLER_")}
     env.update(
         POLLER_DATABASE_URL=f"sqlite:///{workdir / 'poller.db'}",
@@ -114,6 +119,9 @@ def base_env(
         POLLER_KAFKA_TOPIC=topic,
         POLLER_SPARK_REST_URL=spark.rest_url,
         POLLER_SPARK_MASTER_URL=spark.master_url,
+        POLLER_SPARK_UI_URL=spark.ui_url,
+        POLLER_STATUS_SOURCE="rest",
+        POLLER_RECOVERY_SEARCH_S="20",
         POLLER_POLL_INTERVAL_SECONDS="1",
         POLLER_LOG_LEVEL="INFO",
     )
@@ -151,7 +159,10 @@ def start_service(
     started: list[ServiceProcess] = []
 
     def factory(**overrides: str) -> ServiceProcess:
-        svc = ServiceProcess({**service_env, **overrides}, tmp_path / "service.log")
+        env = {**service_env, **overrides}
+        if "POLLER_SPARK_MASTER_URL" in overrides and "POLLER_SPARK_UI_URL" not in overrides:
+            del env["POLLER_SPARK_UI_URL"]  # another cluster: not the session cluster's web UI
+        svc = ServiceProcess(env, tmp_path / "service.log")
         started.append(svc)
         if "events" in request.fixturenames:
             reader: EventReader = request.getfixturevalue("events")
@@ -197,11 +208,10 @@ def replicas(
     service_env: dict[str, str], postgres: Postgres, spark: SparkStandalone, tmp_path: Path
 ) -> Iterator[list[Replica]]:
     """Three slots on one new PostgreSQL database, each with its own proxy to the real Spark;
-    polls ask each driver's REST status, so every poll is a call a proxy sees."""
+    polls ask each driver's REST status (``base_env``), so every poll is a call a proxy sees."""
     env = {
         **service_env,
         "POLLER_DATABASE_URL": new_pg_database(postgres),
-        "POLLER_STATUS_SOURCE": "rest",
     }
     slots = [Replica(name, env, DelayingProxy(spark.rest_url, "", 0), tmp_path) for name in "abc"]
     yield slots

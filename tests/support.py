@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -290,6 +291,15 @@ def driver_state(spark: SparkStandalone, submission_id: str) -> str | None:
     ).json()
     state = payload.get("driverState")
     return str(state) if state is not None else None
+
+
+def driver_tag(spark: SparkStandalone, submission_id: str) -> str | None:
+    """The ``spark.poller.tag`` in the driver's launch command, read from the worker's own file
+    (not through the service): whose request the driver was created for."""
+    stderr = spark.worker_dir / submission_id / "stderr"
+    head = stderr.read_text(errors="replace").partition("=" * 40)[0] if stderr.exists() else ""
+    match = re.search(r"-Dspark\.poller\.tag=([0-9a-f-]+)", head)
+    return None if match is None else match.group(1)
 
 
 class LoopbackServer:

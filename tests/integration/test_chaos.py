@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from poller.devstack import SparkStandalone, wait_for
-from poller.schemas import JobSpec
+from poller.schemas import JobSpec, event_id_for
 from poller.spark import create_request_body
 from tests.conftest import JobBody
 from tests.support import (
@@ -26,6 +26,7 @@ from tests.support import (
     PatientClient,
     ServiceProcess,
     driver_state,
+    driver_tag,
     poll_job_ids,
 )
 
@@ -138,7 +139,12 @@ def _run_chaos(
         if event["state"] == "SUBMIT_UNKNOWN":
             assert event["submission_id"] is None
             continue
-        assert event["submission_id"] == submitted[request_id], request_id
+        if submitted[request_id] is None:  # the submit's answer was lost: found by its tag
+            counts["found"] += 1
+        else:
+            assert event["submission_id"] == submitted[request_id], request_id
+        # Made for this request, whoever tracked it: never another request's driver.
+        assert driver_tag(spark, event["submission_id"]) == event_id_for(request_id), request_id
         real = driver_state(spark, event["submission_id"])
         assert real in SPARK_ENDED, f"{request_id}: driver still {real}"
         if event["state"] == "CANCELLED":

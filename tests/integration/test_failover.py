@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from poller.devstack import Postgres, SparkStandalone, wait_for
+from poller.schemas import event_id_for
 from poller.shards import shard_of
 from tests.conftest import JobBody
 from tests.replicas import (
@@ -33,7 +34,7 @@ from tests.replicas import (
     terminate_sessions,
     wait_leader,
 )
-from tests.support import EventReader, ProxiedCall, driver_state, poll_job_ids
+from tests.support import EventReader, ProxiedCall, driver_state, driver_tag, poll_job_ids
 
 SPARK_ENDED = {"FINISHED", "FAILED", "KILLED", "ERROR"}
 # A call already on its way when its process learnt it no longer leads.
@@ -302,8 +303,14 @@ def test_three_replicas_lose_nothing_when_the_leader_is_killed_again_and_again(
         event = found[0].value
         counts[event["state"]] += 1
         if event["state"] == "SUBMIT_UNKNOWN":
+            assert event["submission_id"] is None
             continue
-        assert event["submission_id"] == submitted[request_id], request_id
+        if submitted[request_id] is None:  # the submit's answer was lost: found by its tag
+            counts["found"] += 1
+        else:
+            assert event["submission_id"] == submitted[request_id], request_id
+        # Made for this request, whoever tracked it: never another request's driver.
+        assert driver_tag(spark, event["submission_id"]) == event_id_for(request_id), request_id
         if request_id in cancelled:
             assert event["state"] == "CANCELLED", event
             continue

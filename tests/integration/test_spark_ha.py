@@ -18,7 +18,14 @@ import pytest
 
 from poller.devstack import Daemon, SparkStandalone, free_port, wait_for
 from tests.conftest import JobBody, ServiceFactory
-from tests.support import DelayingProxy, EventReader, NotAliveProxy, driver_ids, driver_state
+from tests.support import (
+    DelayingProxy,
+    EventReader,
+    NotAliveProxy,
+    ViewProxy,
+    driver_ids,
+    driver_state,
+)
 
 LOST_AFTER = 3
 # Well over LOST_AFTER poll runs' worth of not-alive answers (each run tries up to 3 times).
@@ -190,18 +197,24 @@ def test_ha_create_that_may_have_landed_is_not_sent_to_another_master(
     spark: SparkStandalone, start_service: ServiceFactory, job_body: JobBody, events: EventReader
 ) -> None:
     slow = DelayingProxy(spark.rest_url, "/v1/submissions/create", delay_s=6)
+    ui = ViewProxy(spark.ui_url)  # the one master's web UI, behind a second URL as its REST
     try:
         svc = start_service(
-            POLLER_SPARK_REST_URL=f"{slow.url},{spark.rest_url}", POLLER_SPARK_TIMEOUT_S="2"
+            POLLER_SPARK_REST_URL=f"{slow.url},{spark.rest_url}",
+            POLLER_SPARK_UI_URL=f"{spark.ui_url},{ui.url}",
+            POLLER_SPARK_TIMEOUT_S="2",
         )
         drivers_before = driver_ids(spark)
         answer = svc.post("/submit", json={"request_id": "ha-slow", "job": job_body()})
         assert answer.status_code == 504, answer.text
+        [driver] = driver_ids(spark) - drivers_before  # not sent to the other master
         [event] = events.wait_for_keys({"ha-slow"})["ha-slow"]
-        assert event.value["state"] == "SUBMIT_UNKNOWN"
+        # Found by its tag: the request ends as the driver did.
+        assert (event.value["state"], event.value["submission_id"]) == ("FINISHED", driver)
         assert len(driver_ids(spark) - drivers_before) == 1, "the job was submitted twice"
     finally:
         slow.close()
+        ui.close()
 
 
 def test_standby_master_refuses_create_with_503_and_nothing_is_left(

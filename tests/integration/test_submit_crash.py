@@ -11,7 +11,14 @@ import requests
 
 from poller.devstack import Postgres, SparkStandalone, wait_for
 from tests.conftest import JobBody, ServiceFactory, SlowSpark
-from tests.support import DelayingProxy, EventReader, ServiceProcess, driver_ids, driver_state
+from tests.support import (
+    DelayingProxy,
+    EventReader,
+    ServiceProcess,
+    SilentServer,
+    driver_ids,
+    driver_state,
+)
 
 
 @pytest.fixture
@@ -30,32 +37,39 @@ def _submit_in_background(svc: ServiceProcess, body: dict[str, Any]) -> threadin
     return thread
 
 
-def test_crash_between_create_and_commit(
+def test_a_crash_mid_create_ends_with_the_real_drivers_state(
     start_service: ServiceFactory,
     slow_create: DelayingProxy,
     spark: SparkStandalone,
     job_body: JobBody,
     events: EventReader,
 ) -> None:
+    """kill -9 while Spark's answer to the create is held back: after the restart, the driver
+    Spark made is found by its tag, and the request ends as that driver did, with its id."""
     svc = start_service(POLLER_SPARK_REST_URL=slow_create.url)
     drivers_before = driver_ids(spark)
-    caller = _submit_in_background(svc, {"request_id": "mid-create", "job": job_body()})
+    caller = _submit_in_background(
+        svc, {"request_id": "mid-create", "job": job_body(seconds=3, exit_code=3)}
+    )
     # Spark has made the driver; its answer is still on the way back when the service dies.
     wait_for(lambda: len(driver_ids(spark) - drivers_before) == 1, 30, "Spark to create it")
+    [driver] = driver_ids(spark) - drivers_before
     svc.kill9()
     caller.join()
 
-    # Resolved once older than any create could last (a short Spark timeout keeps that short).
+    # Looked for once older than any create could last (a short Spark timeout keeps that short).
     svc = start_service(POLLER_SPARK_REST_URL=spark.rest_url, POLLER_SPARK_TIMEOUT_S="2")
     [event] = events.wait_for_keys({"mid-create"})["mid-create"]
-    assert event.value["state"] == "SUBMIT_UNKNOWN"
-    assert event.value["submission_id"] is None
-    assert "not submitted again" in event.value["message"]
+    assert (event.value["state"], event.value["submission_id"]) == ("FAILED", driver)
+    assert driver_state(spark, driver) == "FAILED"
     assert "resolved 1 interrupted submission" in svc.logs()
+    assert f"found driver {driver} of mid-create" in svc.logs()
+    record = svc.job("mid-create")
+    assert (record["submission_id"], record["search_until"]) == (driver, None)
 
     retry = svc.post("/submit", json={"request_id": "mid-create", "job": job_body()})
     assert retry.status_code == 409
-    assert "SUBMIT_UNKNOWN" in retry.json()["detail"]
+    assert "FAILED" in retry.json()["detail"]
     assert len(driver_ids(spark) - drivers_before) == 1, "the job ran twice"
 
 
@@ -70,11 +84,36 @@ def test_create_that_times_out_is_not_retried(
     drivers_before = driver_ids(spark)
     answer = svc.post("/submit", json={"request_id": "timed-out", "job": job_body()})
     assert answer.status_code == 504, answer.text
-    assert "unknown" in answer.json()["detail"]
+    assert "looked for on the cluster" in answer.json()["detail"]
+    [driver] = driver_ids(spark) - drivers_before  # the create call was not repeated
     [event] = events.wait_for_keys({"timed-out"})["timed-out"]
-    assert event.value["state"] == "SUBMIT_UNKNOWN"
+    assert (event.value["state"], event.value["submission_id"]) == ("FINISHED", driver)
     assert len(driver_ids(spark) - drivers_before) == 1, "the create call was repeated"
-    assert svc.job("timed-out")["state"] == "SUBMIT_UNKNOWN"
+    assert svc.job("timed-out")["state"] == "FINISHED"
+
+
+def test_a_create_that_never_reached_spark_ends_unknown_after_the_search(
+    start_service: ServiceFactory, spark: SparkStandalone, job_body: JobBody, events: EventReader
+) -> None:
+    """The create went to a master that never answers: no driver carries the request's tag, so
+    after the search the request ends SUBMIT_UNKNOWN, saying what was looked at."""
+    silent = SilentServer()
+    try:
+        svc = start_service(
+            POLLER_SPARK_REST_URL=silent.url,
+            POLLER_SPARK_TIMEOUT_S="1",
+            POLLER_RECOVERY_SEARCH_S="3",
+        )
+        drivers_before = driver_ids(spark)
+        answer = svc.post("/submit", json={"request_id": "never-landed", "job": job_body()})
+        assert answer.status_code == 504, answer.text
+        [event] = events.wait_for_keys({"never-landed"})["never-landed"]
+    finally:
+        silent.close()
+    assert (event.value["state"], event.value["submission_id"]) == ("SUBMIT_UNKNOWN", None)
+    assert "no driver on the cluster carries this request's tag" in event.value["message"]
+    assert "not submitted again" in event.value["message"]
+    assert driver_ids(spark) == drivers_before
 
 
 def test_database_lost_while_spark_creates_the_driver(

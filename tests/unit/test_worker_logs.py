@@ -15,7 +15,7 @@ LOGS = Path(__file__).parent / "data" / "spark_logs"
 def test_the_range_line_is_read_and_the_log_follows_it() -> None:
     body = (LOGS / "python_value_error.stdout.log_endpoint").read_bytes()
     chunk = parse_log(body, "driver-20261206115154-0000")
-    assert (chunk.start, chunk.length) == (0, 353)
+    assert (chunk.start, chunk.end, chunk.length) == (0, 353, 353)
     assert chunk.text == (LOGS / "python_value_error.stdout").read_text()
 
 

@@ -1,0 +1,139 @@
+"""Which driver on the cluster is a request's, when the answer to its create call was lost.
+
+Every create carries ``spark.poller.tag`` (the request's event id) among its Spark properties;
+they reach the driver's launch command, which the worker writes as the first line of the
+driver's stderr. A search lists the master's drivers submitted since the request was recorded
+and reads the launch command of each one that has a worker. Drivers still waiting for a worker
+(or whose log cannot be read yet) are looked at again by the next search; a driver's tag never
+changes, so each is read once.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+from poller.errors import SparkUnavailable
+from poller.master_view import ClusterView, MasterView
+from poller.worker_logs import WorkerLogs
+
+# The launch command is the first line of stderr; a long class path still fits in this.
+HEAD_BYTES = 64 * 1024
+MAX_HEAD_BYTES = 1024 * 1024
+# The master's clock and ours may differ: drivers this much older than the request count too.
+CLOCK_SKEW_S = 60.0
+# Per search: log reads, and the time they may take (the rest wait for the next search).
+READS_PER_SEARCH = 50
+SEARCH_BUDGET_S = 10.0
+# A fresh view serves the searches of one moment together.
+VIEW_REUSE_S = 1.0
+_SEPARATOR = "=" * 40
+_TAG = re.compile(r'-Dspark\.poller\.tag=([^"\s]*)')
+REDACTED = "redacted"
+
+
+@dataclass
+class Found:
+    """What one search saw."""
+
+    driver: str | None = None  # the driver carrying the tag, if exactly one does
+    tagged: list[str] = field(default_factory=list)
+    read: int = 0  # drivers of the window whose tag is known
+    waiting: int = 0  # not placed on a worker yet: looked at again next time
+    unreadable: int = 0  # placed, but their launch command could not be read (yet)
+    redacted: int = 0  # Spark hid the tag (a spark.redaction.regex that matches it)
+    problem: str | None = None
+
+    def summary(self) -> str:
+        said = (
+            f"{self.read} driver(s) of the window read, {self.waiting} waiting for a worker, "
+            f"{self.unreadable} unreadable, {self.redacted} with the tag redacted by Spark"
+        )
+        return said if self.problem is None else f"{said}; {self.problem}"
+
+
+class DriverFinder:
+    """Finds drivers by their tag on one cluster."""
+
+    def __init__(self, view: MasterView, logs: WorkerLogs, timeout_s: float) -> None:
+        self.view = view
+        self.logs = logs
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._tags: dict[str, str | None] = {}  # driver id -> its tag (None: it has none)
+        self._fresh: ClusterView | None = None
+
+    def find(self, tag: str, since_ms: int) -> Found:
+        """The driver carrying ``tag`` among those submitted since ``since_ms`` (epoch ms)."""
+        found = Found()
+        try:
+            view = self._view()
+        except SparkUnavailable as exc:
+            found.problem = exc.message
+            return found
+        deadline = time.monotonic() + SEARCH_BUDGET_S
+        reads = 0
+        for driver_id, submitted_ms in view.submitted_ms.items():
+            if submitted_ms < since_ms - CLOCK_SKEW_S * 1000:
+                continue
+            with self._lock:
+                known, seen = driver_id in self._tags, self._tags.get(driver_id)
+            if not known:
+                worker_id = view.placed.get(driver_id)
+                if worker_id is None:
+                    found.waiting += 1
+                    continue
+                if reads >= READS_PER_SEARCH or time.monotonic() > deadline:
+                    found.unreadable += 1
+                    continue
+                reads += 1
+                try:
+                    seen = self._read_tag(view, driver_id, worker_id, deadline)
+                except SparkUnavailable as exc:
+                    found.unreadable += 1
+                    found.problem = found.problem or exc.message
+                    continue
+                with self._lock:
+                    self._tags[driver_id] = seen
+            found.read += 1
+            if seen == tag:
+                found.tagged.append(driver_id)
+            elif seen is not None and REDACTED in seen:
+                found.redacted += 1
+        if len(found.tagged) == 1:
+            found.driver = found.tagged[0]
+        return found
+
+    def _view(self) -> ClusterView:
+        with self._lock:
+            fresh = self._fresh
+        if fresh is None or time.monotonic() - fresh.taken_at > VIEW_REUSE_S:
+            fresh = self.view.fetch(timeout_s=self.timeout_s, times=True)
+            with self._lock:
+                self._fresh = fresh
+                self._tags = {k: v for k, v in self._tags.items() if k in fresh.states}
+        return fresh
+
+    def _read_tag(
+        self, view: ClusterView, driver_id: str, worker_id: str, deadline: float
+    ) -> str | None:
+        """The tag in the driver's launch command (None if it has none). Raises SparkUnavailable
+        when the command cannot be read yet."""
+        worker = view.workers.get(worker_id)
+        if worker is None or worker.ui_url is None:
+            raise SparkUnavailable(f"the master's view does not list worker {worker_id}'s web UI")
+        wanted = HEAD_BYTES
+        while True:
+            left = min(self.timeout_s, deadline - time.monotonic())
+            if left <= 0:
+                raise SparkUnavailable("no time left to read launch commands")
+            chunk = self.logs.read(worker.ui_url, driver_id, "stderr", wanted, left, offset=0)
+            head, separator, _rest = chunk.text.partition(_SEPARATOR)
+            if separator:
+                match = _TAG.search(head)
+                return None if match is None else match.group(1)
+            if chunk.end >= chunk.length or wanted >= MAX_HEAD_BYTES:
+                raise SparkUnavailable(f"driver {driver_id}'s launch command is not written yet")
+            wanted = min(MAX_HEAD_BYTES, wanted * 4)
