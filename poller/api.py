@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi_offline import FastAPIOffline
-from pydantic import SecretStr
+from pydantic import AwareDatetime, SecretStr
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +42,7 @@ from poller.schemas import (
     REQUEST_ID_PATTERN,
     DriverState,
     ErrorBody,
+    JobFilter,
     JobPage,
     JobRecord,
     Phase,
@@ -293,11 +294,26 @@ def get_job(request_id: RequestIdPath, svc: ServiceDep) -> JobRecord:
 def list_jobs(
     svc: ServiceDep,
     state: DriverState | None = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="submitted at or after (ISO 8601, with zone)")
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="submitted before (ISO 8601, with zone)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the page before")
+    ] = None,
 ) -> JobPage:
-    """Tracked requests, oldest first, optionally only those in ``state``."""
-    return svc.jobs.list_jobs(state, limit, offset)
+    """Requests, oldest first, optionally only those in ``state`` and submitted in
+    [``since``, ``until``). Finished ones stay for ``POLLER_RETENTION_DAYS``. Page with
+    ``cursor`` (each page's ``next_cursor``); ``offset`` paging is kept for small listings."""
+    if cursor is not None and offset:
+        raise InvalidRequest("give cursor or offset, not both")
+    if since is not None and until is not None and since >= until:
+        raise InvalidRequest("since must be before until")
+    return svc.jobs.list_jobs(JobFilter(state, since, until), limit, offset, cursor)
 
 
 @jobs_router.delete("/jobs/{request_id}", responses={202: {"model": JobRecord}})

@@ -368,6 +368,10 @@ class Settings(BaseSettings):
         le=30,
         description="most an ending's event waits for the driver's log (0: no lookup)",
     )
+    # Finished requests (their event out) stay queryable this long, then are deleted.
+    retention_days: int = Field(
+        30, ge=0, le=36500, description="days a finished request stays queryable (0: forever)"
+    )
     # A create whose answer was lost may have made the driver: it is looked for this long (by
     # the tag every create carries) before the request ends SUBMIT_UNKNOWN.
     recovery_search_s: float = Field(

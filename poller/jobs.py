@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
-from poller import admission
+from poller import admission, paging
 from poller.config import Settings
 from poller.errors import (
     DriverTaken,
@@ -32,6 +32,7 @@ from poller.polling import Poller
 from poller.scheduler import PollScheduler
 from poller.schemas import (
     DriverState,
+    JobFilter,
     JobPage,
     JobRecord,
     JobSpec,
@@ -340,16 +341,24 @@ class Jobs:
             raise RequestNotFound(f"no request {request_id!r}")
         return self._with_next_poll([record])[0]
 
-    def list_jobs(self, state: DriverState | None, limit: int, offset: int) -> JobPage:
-        """A page of records, bounded in count (``limit``) and in bytes (MAX_PAGE_BYTES)."""
+    def list_jobs(
+        self, listing: JobFilter, limit: int, offset: int = 0, cursor: str | None = None
+    ) -> JobPage:
+        """A page of records, bounded in count (``limit``) and in bytes (MAX_PAGE_BYTES), from
+        ``offset`` or past ``cursor`` (the ``next_cursor`` of the page before)."""
+        after = None if cursor is None else paging.decode(cursor, listing)
         # Read in small chunks: a thousand records of the largest kind would be 75 MB in memory.
-        total = self.store.count(state, up_to=MAX_COUNTED)
+        total = self.store.count(listing, up_to=MAX_COUNTED)
         items: list[JobRecord] = []
         size = 0
         more, full = True, False
         while more and not full and len(items) < limit:
             want = min(PAGE_CHUNK, limit - len(items))
-            rows = self.store.page(state, want + 1, offset + len(items))
+            if items and after is not None:
+                after = (items[-1].submitted_at, items[-1].request_id)
+            rows = self.store.page(
+                listing, want + 1, 0 if after is not None else offset + len(items), after
+            )
             more = len(rows) > want
             for record in rows[:want]:
                 size += len(record.model_dump_json())
@@ -357,12 +366,18 @@ class Jobs:
                     more = full = True
                     break
                 items.append(record)
+        last = items[-1] if items and more else None
         return JobPage(
             items=self._with_next_poll(items),
             total=total,
             limit=limit,
             offset=offset,
-            next_offset=offset + len(items) if more else None,
+            next_offset=offset + len(items) if more and cursor is None else None,
+            next_cursor=(
+                None
+                if last is None
+                else paging.encode((last.submitted_at, last.request_id), listing)
+            ),
         )
 
     def _with_next_poll(self, records: list[JobRecord]) -> list[JobRecord]:

@@ -95,6 +95,10 @@ END_TO_EVENT_SECONDS = Histogram(
     "From the poll that saw the driver end (the record's completed_at) to the broker's ack.",
     buckets=LAG_BUCKETS,
 )
+REQUESTS_PURGED = Counter(
+    PREFIX + "requests_purged",
+    "Finished requests deleted after POLLER_RETENTION_DAYS.",
+)
 FAILURE_LOOKUP_SECONDS = Histogram(
     PREFIX + "failure_lookup_seconds",
     "What reading a failed driver's log for its reason added to its ending: reason (found), "

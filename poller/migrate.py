@@ -35,6 +35,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 TABLE = "poller_requests"
 LEASES_TABLE = "poller_leases"  # since 0003
 LAYOUT_TABLE = "poller_layout"  # since 0004
+LISTING_INDEX = "ix_poller_requests_listing"  # since 0006
 OUR_TABLES = frozenset(Base.metadata.tables)
 UPGRADE_FIX = "run `spark-poller db upgrade`"
 # Tables made by create_all before migrations: the revision each column set stands for.
@@ -146,7 +147,8 @@ def _unversioned(conn: Connection) -> str | None:
         return None
     columns = {str(column["name"]) for column in inspector.get_columns(TABLE)}
     if columns == FIRST_COLUMNS | TRACE_COLUMNS | DETAIL_COLUMNS:
-        return "0005"
+        indexes = {str(index["name"]) for index in inspector.get_indexes(TABLE)}
+        return "0006" if LISTING_INDEX in indexes else "0005"
     if columns == FIRST_COLUMNS | TRACE_COLUMNS and inspector.has_table(LEASES_TABLE):
         return "0004" if inspector.has_table(LAYOUT_TABLE) else "0003"
     for revision, expected in UNVERSIONED:

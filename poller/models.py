@@ -22,6 +22,8 @@ from sqlalchemy.types import TypeDecorator
 
 # Rows that still track their driver: at most one per (cluster, submission_id).
 TRACKING = "submission_id IS NOT NULL AND phase <> 'done'"
+# Rows whose event is out: the history that retention purges, oldest ending first.
+DONE = "phase = 'done'"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -65,19 +67,29 @@ class RequestRow(Base):
             sqlite_where=text(TRACKING),
             postgresql_where=text(TRACKING),
         ),
+        # Listings, in their order (with or without a state): a page is one range of an index,
+        # however deep (0006).
+        Index("ix_poller_requests_listing", "submitted_at", "request_id"),
+        Index("ix_poller_requests_state_listing", "state", "submitted_at", "request_id"),
+        Index(
+            "ix_poller_requests_done_at",
+            "completed_at",
+            sqlite_where=text(DONE),
+            postgresql_where=text(DONE),
+        ),
     )
 
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     cluster: Mapped[str] = mapped_column(String(64))
     submission_id: Mapped[str | None] = mapped_column(String(128))
     phase: Mapped[str] = mapped_column(String(16), index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[str] = mapped_column(String(16))
     spark_state: Mapped[str | None] = mapped_column(String(32))
     message: Mapped[str | None] = mapped_column(Text)
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     polls: Mapped[int] = mapped_column(Integer, default=0)
     unknown_polls: Mapped[int] = mapped_column(Integer, default=0)
-    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

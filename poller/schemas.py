@@ -271,6 +271,15 @@ class JobRecord(BaseModel):
     detection_delay_bound_s: float | None = None
 
 
+class JobFilter(NamedTuple):
+    """Which records a listing shows: in ``state`` (any if None), submitted in
+    [``since``, ``until``) (open where None)."""
+
+    state: DriverState | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
 class JobPage(BaseModel):
     items: list[JobRecord]
     total: int | None = Field(
@@ -279,8 +288,13 @@ class JobPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None = Field(
-        description="Offset of the next page; null on the last one. A page stops early rather "
-        "than exceed 1 MiB of records."
+        description="Offset of the next page (offset paging); null on the last one, and when "
+        "paging by cursor. A page stops early rather than exceed 1 MiB of records."
+    )
+    next_cursor: str | None = Field(
+        None,
+        description="Pass as ``cursor`` for the next page; null on the last one. Unlike an "
+        "offset it stays right, and fast, however deep and whatever is added meanwhile.",
     )
 
 

@@ -32,6 +32,7 @@ from poller.master_view import MasterView
 from poller.metrics import LEASE_CHANGES, LEASE_HELD, OPEN_PHASES, STORE, StoreSnapshot
 from poller.outbox import Outbox
 from poller.polling import Poller, PollPolicy
+from poller.retention import Retention
 from poller.scheduler import PollScheduler
 from poller.schemas import Fence
 from poller.spark import SparkClient
@@ -50,6 +51,8 @@ PENDING_WRITES_FLUSH_S = 5.0
 LEASE_RETRY_S = 1.0
 IDLE_IN_TRANSACTION_S = 60.0  # our transactions wait on the server, never on us, for long
 RECOVERY_STEP_S = 5.0
+# How often the leader of shard 0 deletes requests past the retention (a bounded turn each time).
+PURGE_STEP_S = 10.0
 HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_STALE_AFTER_S = 15.0
 METRICS_SAMPLE_PERIOD_S = 5.0
@@ -143,6 +146,7 @@ class Service:
             settings.failure_log_tail_bytes,
             Masker(secret_values(settings)),
         )
+        self.retention = Retention(self.store, settings.retention_days)
         self.poller = Poller(
             self.store,
             self.clusters,
@@ -395,6 +399,9 @@ class Service:
             beats.next_reconcile = now + self.settings.reconcile_interval_s
             for lead in held:
                 self.reconcile(lead.shard)
+        if now >= beats.next_purge and any(lead.shard == 0 for lead in held):
+            beats.next_purge = now + PURGE_STEP_S
+            self.retention.purge(datetime.now(UTC))
 
     def _held_shards(self) -> set[int]:
         return {lead.shard for lead in self.leadership.leads if lead.current() is not None}
@@ -611,6 +618,7 @@ class _Beats:
         self.next_lease_try = 0.0
         self.next_recovery = self.next_reconcile = 0.0
         self.next_counts_flush = 0.0
+        self.next_purge = 0.0
         self.counts_failed_at = float("-inf")
         self._said_standby = False
         self.problem: str | None = None  # why the last step failed, until one succeeds

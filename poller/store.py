@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Connection,
     Engine,
+    Select,
     Table,
     bindparam,
     case,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -36,13 +38,14 @@ from poller import migrate
 from poller.db import database_unavailable
 from poller.errors import ConfigMismatch, DriverTaken, RequestConflict, StoreUnavailable
 from poller.group_commit import GroupCommit
-from poller.models import LAYOUT_ID, LayoutRow, LeaseRow, RequestRow, UTCDateTime
+from poller.models import DONE, LAYOUT_ID, LayoutRow, LeaseRow, RequestRow, UTCDateTime
 from poller.schemas import (
     DriverState,
     DriverStatus,
     EndDetails,
     Failure,
     Fence,
+    JobFilter,
     JobRecord,
     Phase,
     SparkApp,
@@ -212,6 +215,16 @@ def _detail_params(seen: DriverStatus | None, details: EndDetails | None) -> dic
         "spark_app_ui_url": None if app is None else app.ui_url,
         "failure": None if failure is None else failure.model_dump(mode="json"),
     }
+
+
+def _matching(query: Select[Any], listing: JobFilter) -> Select[Any]:
+    if listing.state is not None:
+        query = query.where(_COLUMNS.state == listing.state.value)
+    if listing.since is not None:
+        query = query.where(_COLUMNS.submitted_at >= listing.since)
+    if listing.until is not None:
+        query = query.where(_COLUMNS.submitted_at < listing.until)
+    return query
 
 
 def _searching() -> Any:
@@ -488,6 +501,20 @@ class RequestStore:
         return fixed is not None
 
     @_translate_db_errors
+    def purge_done(self, before: datetime, batch: int) -> int:
+        """Delete up to ``batch`` requests whose event went out and that ended before
+        ``before``, oldest first; returns how many. With the other writes (one commit at a
+        time), so it never deadlocks with them, and holds them for one batch only."""
+        oldest = (
+            select(_COLUMNS.request_id)
+            .where(text(DONE), _COLUMNS.completed_at < before)
+            .order_by(_COLUMNS.completed_at)
+            .limit(batch)
+        )
+        statement = delete(_REQUESTS).where(text(DONE), _COLUMNS.request_id.in_(oldest))
+        return int(self._group.run(lambda conn: _rowcount(conn.execute(statement))))
+
+    @_translate_db_errors
     def start_search(
         self,
         request_id: str,
@@ -536,23 +563,34 @@ class RequestStore:
         return None if row is None else self._with_counts(_record(row))
 
     @_translate_db_errors
-    def page(self, state: DriverState | None, limit: int, offset: int) -> list[JobRecord]:
-        """Records ordered by submission time (oldest first)."""
-        query = select(RequestRow)
-        if state is not None:
-            query = query.where(RequestRow.state == state.value)
-        query = query.order_by(RequestRow.submitted_at, RequestRow.request_id)
-        with self._sessions() as session:
-            rows = session.scalars(query.limit(limit).offset(offset))
+    def page(
+        self,
+        listing: JobFilter,
+        limit: int,
+        offset: int = 0,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[JobRecord]:
+        """Records ordered by submission time (oldest first), from ``offset``, or past ``after``
+        (a record's submitted_at and request_id: one range of an index, however deep)."""
+        query = _matching(select(_REQUESTS), listing)
+        if after is not None:
+            query = query.where(
+                tuple_(_COLUMNS.submitted_at, _COLUMNS.request_id)
+                > tuple_(
+                    literal(after[0], _COLUMNS.submitted_at.type),
+                    literal(after[1], _COLUMNS.request_id.type),
+                )
+            )
+        query = query.order_by(_COLUMNS.submitted_at, _COLUMNS.request_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.limit(limit).offset(offset))
             return [self._with_counts(_record(row)) for row in rows]
 
     @_translate_db_errors
-    def count(self, state: DriverState | None, up_to: int) -> int | None:
+    def count(self, listing: JobFilter, up_to: int) -> int | None:
         """How many records match: exact up to ``up_to``, None beyond, so a count never reads
         the whole history."""
-        matching = select(RequestRow.request_id)
-        if state is not None:
-            matching = matching.where(RequestRow.state == state.value)
+        matching = _matching(select(_COLUMNS.request_id), listing)
         query = select(func.count()).select_from(matching.limit(up_to + 1).subquery())
         with self._sessions() as session:
             total = session.scalar(query) or 0

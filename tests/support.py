@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,12 @@ import requests
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
+from poller.db import create_db_engine
 from poller.devstack import SparkStandalone, free_port, header_text, wait_for
-from poller.schemas import EVENT_SCHEMA_VERSION
+from poller.models import RequestRow
+from poller.schemas import EVENT_SCHEMA_VERSION, DriverState, Phase
 from poller.shards import JOBS_TABLE
+from poller.store import RequestStore
 
 JOB_SCRIPT = """\
 import sys, time
@@ -587,3 +591,34 @@ class SilentServer:
 
     def close(self) -> None:
         self.socket.close()
+
+
+def done_rows(
+    count: int, labels: dict[str, str], prefix: str, start: datetime | None = None
+) -> list[dict[str, object]]:
+    """Finished requests, a millisecond apart from ``start`` (a day ago by default)."""
+    start = start or datetime.now(UTC) - timedelta(days=1)
+    return [
+        {
+            "request_id": f"{prefix}-{i:05d}",
+            "cluster": "default",
+            "submission_id": f"driver-20260101000000-{i:05d}",
+            "phase": Phase.DONE.value,
+            "state": DriverState.FINISHED.value,
+            "labels": labels,
+            "polls": 1,
+            "unknown_polls": 0,
+            "submitted_at": start + timedelta(milliseconds=i),
+            "completed_at": start + timedelta(milliseconds=i + 1),
+        }
+        for i in range(count)
+    ]
+
+
+def fill_requests(database_url: str, rows: list[dict[str, object]]) -> None:
+    """Write request rows straight into the store (as a long history would have left them)."""
+    engine = create_db_engine(database_url)
+    RequestStore(engine).create_schema()
+    with engine.begin() as conn:
+        conn.execute(sa.insert(RequestRow), rows)
+    engine.dispose()

@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
-import sqlalchemy as sa
-
-from poller.db import create_db_engine
-from poller.models import RequestRow
-from poller.schemas import DriverState, Phase
-from poller.store import RequestStore
 from tests.conftest import ServiceFactory
+from tests.support import done_rows, fill_requests
 
 BIG_LABELS = {f"label-{i:02d}": "x" * 1024 for i in range(64)}  # the most a request may carry
 PAGE_BYTES = 1024 * 1024
 HISTORY = 12_000
 
 
-def _done_rows(count: int, labels: dict[str, str], prefix: str) -> list[dict[str, object]]:
-    start = datetime.now(UTC) - timedelta(days=1)
-    return [
-        {
-            "request_id": f"{prefix}-{i:05d}",
-            "cluster": "default",
-            "submission_id": f"driver-20260101000000-{i:05d}",
-            "phase": Phase.DONE.value,
-            "state": DriverState.FINISHED.value,
-            "labels": labels,
-            "polls": 1,
-            "unknown_polls": 0,
-            "submitted_at": start + timedelta(milliseconds=i),
-            "completed_at": start + timedelta(milliseconds=i + 1),
-        }
-        for i in range(count)
-    ]
-
-
-def _fill(database_url: str, rows: list[dict[str, object]]) -> None:
-    engine = create_db_engine(database_url)
-    RequestStore(engine).create_schema()
-    with engine.begin() as conn:
-        conn.execute(sa.insert(RequestRow), rows)
-    engine.dispose()
-
-
 def test_pages_are_bounded_in_bytes(start_service: ServiceFactory, database_url: str) -> None:
-    _fill(database_url, _done_rows(40, BIG_LABELS, "big"))  # about 70 KB each
+    fill_requests(database_url, done_rows(40, BIG_LABELS, "big"))  # about 70 KB each
     svc = start_service(POLLER_DATABASE_URL=database_url)
     seen: list[str] = []
     offset: int | None = 0
@@ -64,7 +30,7 @@ def test_pages_are_bounded_in_bytes(start_service: ServiceFactory, database_url:
 def test_a_long_history_is_not_counted_on_every_call(
     start_service: ServiceFactory, database_url: str
 ) -> None:
-    _fill(database_url, _done_rows(HISTORY, {}, "old"))
+    fill_requests(database_url, done_rows(HISTORY, {}, "old"))
     svc = start_service(POLLER_DATABASE_URL=database_url)
     page = svc.get("/jobs", params={"limit": 5}).json()
     assert page["total"] is None  # more than the 10,000 ever counted

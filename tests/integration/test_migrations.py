@@ -524,6 +524,7 @@ def test_two_upgrades_at_once_apply_each_revision_once(
         "Running upgrade 0002 -> 0003",
         "Running upgrade 0003 -> 0004",
         "Running upgrade 0004 -> 0005",
+        "Running upgrade 0005 -> 0006",
     ]
     with engines[0].connect() as conn:
         assert conn.scalar(sa.text("SELECT count(*) FROM alembic_version")) == 1

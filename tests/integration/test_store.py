@@ -21,6 +21,7 @@ from poller.schemas import (
     DriverStatus,
     EndDetails,
     Failure,
+    JobFilter,
     JobRecord,
     Phase,
     Worker,
@@ -400,7 +401,7 @@ def test_times_read_back_in_utc_whatever_the_server_time_zone(postgres: Postgres
     as_json = record.model_dump(mode="json")  # the event's times serialise the same way
     assert as_json["submitted_at"].endswith("Z"), as_json["submitted_at"]
     assert as_json["completed_at"].endswith("Z"), as_json["completed_at"]
-    (paged,) = store.page(None, 10, 0)
+    (paged,) = store.page(JobFilter(), 10, 0)
     assert paged == record
     with engine.connect() as conn:  # the session itself is pinned, whatever the server says
         assert conn.scalar(sa.text("SHOW TIME ZONE")) == "UTC"
