@@ -139,12 +139,15 @@ def _run_chaos(
         if event["state"] == "SUBMIT_UNKNOWN":
             assert event["submission_id"] is None
             continue
+        # Made for this request: never another request's driver (one killed before it was
+        # launched has no launch command to tell).
+        tag = driver_tag(spark, event["submission_id"])
+        assert tag in {None, event_id_for(request_id)}, request_id
         if submitted[request_id] is None:  # the submit's answer was lost: found by its tag
+            assert tag == event_id_for(request_id), request_id
             counts["found"] += 1
         else:
             assert event["submission_id"] == submitted[request_id], request_id
-        # Made for this request, whoever tracked it: never another request's driver.
-        assert driver_tag(spark, event["submission_id"]) == event_id_for(request_id), request_id
         real = driver_state(spark, event["submission_id"])
         assert real in SPARK_ENDED, f"{request_id}: driver still {real}"
         if event["state"] == "CANCELLED":
