@@ -150,16 +150,23 @@ def test_an_empty_database_gets_the_schema_of_the_models(engine: sa.Engine) -> N
 
 
 def test_revision_0001_is_the_previous_release(engine: sa.Engine) -> None:
-    """The previous release's models differ from these by the trace and run-detail columns and
-    the lease and layout tables alone."""
+    """The previous release's models differ from these by the trace and run-detail columns,
+    the lease and layout tables, and the history indexes (which replace two of its own) alone."""
     _previous_release(engine)
     found = sorted(
-        (diff[0], diff[1].name if diff[0] == "add_table" else diff[3].name)
+        (diff[0], diff[3].name if diff[0] == "add_column" else diff[1].name)
         for diff in _differences(engine)
     )
     assert found == sorted(
         [("add_column", name) for name in TRACE_COLUMNS | migrate.DETAIL_COLUMNS]
         + [("add_table", "poller_layout"), ("add_table", "poller_leases")]
+        + [
+            ("add_index", "ix_poller_requests_done_at"),
+            ("add_index", "ix_poller_requests_listing"),
+            ("add_index", "ix_poller_requests_state_listing"),
+            ("remove_index", "ix_poller_requests_state"),
+            ("remove_index", "ix_poller_requests_submitted_at"),
+        ]
     )
 
 
