@@ -140,13 +140,14 @@ def writes(store: RequestStore, seconds: float) -> list[float]:
     records = [store.get(f"f-{i:05d}") for i in range(IN_FLIGHT)]
     took: list[float] = []
     deadline = time.monotonic() + seconds
-    states = (DriverState.RUNNING, DriverState.SUBMITTED)
     n = 0
     while time.monotonic() < deadline:
         i = n % IN_FLIGHT
         record = records[i]
         assert record is not None
-        state = states[(n // IN_FLIGHT + 1) % 2]
+        # Always a change of state: a write, never a poll only counted in memory.
+        running = record.state == DriverState.RUNNING
+        state = DriverState.SUBMITTED if running else DriverState.RUNNING
         status = DriverStatus(found=True, state=state, raw_state=state.value)
         started = time.perf_counter()
         records[i] = store.record_poll(record, status) or record

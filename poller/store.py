@@ -38,7 +38,7 @@ from poller import migrate
 from poller.db import database_unavailable
 from poller.errors import ConfigMismatch, DriverTaken, RequestConflict, StoreUnavailable
 from poller.group_commit import GroupCommit
-from poller.models import DONE, LAYOUT_ID, LayoutRow, LeaseRow, RequestRow, UTCDateTime
+from poller.models import LAYOUT_ID, LayoutRow, LeaseRow, RequestRow, UTCDateTime
 from poller.schemas import (
     DriverState,
     DriverStatus,
@@ -507,11 +507,11 @@ class RequestStore:
         time), so it never deadlocks with them, and holds them for one batch only."""
         oldest = (
             select(_COLUMNS.request_id)
-            .where(text(DONE), _COLUMNS.completed_at < before)
-            .order_by(_COLUMNS.completed_at)
+            .where(_COLUMNS.phase == Phase.DONE.value, _COLUMNS.completed_at < before)
+            .order_by(_COLUMNS.phase, _COLUMNS.completed_at)
             .limit(batch)
         )
-        statement = delete(_REQUESTS).where(text(DONE), _COLUMNS.request_id.in_(oldest))
+        statement = delete(_REQUESTS).where(_COLUMNS.request_id.in_(oldest))
         return int(self._group.run(lambda conn: _rowcount(conn.execute(statement))))
 
     @_translate_db_errors

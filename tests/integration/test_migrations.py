@@ -161,9 +161,10 @@ def test_revision_0001_is_the_previous_release(engine: sa.Engine) -> None:
         [("add_column", name) for name in TRACE_COLUMNS | migrate.DETAIL_COLUMNS]
         + [("add_table", "poller_layout"), ("add_table", "poller_leases")]
         + [
-            ("add_index", "ix_poller_requests_done_at"),
             ("add_index", "ix_poller_requests_listing"),
+            ("add_index", "ix_poller_requests_phase_ended"),
             ("add_index", "ix_poller_requests_state_listing"),
+            ("remove_index", "ix_poller_requests_phase"),
             ("remove_index", "ix_poller_requests_state"),
             ("remove_index", "ix_poller_requests_submitted_at"),
         ]
