@@ -56,7 +56,7 @@ lint: deps
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# The performance suite behind bench/RESULTS.md, each figure beside its baseline: ~18 minutes.
+# The performance suite behind bench/RESULTS.md, each figure beside its baseline: ~21 minutes.
 bench: java postgres deps
 	$(PY) bench/capacity.py --drivers 10000 --measure 20
 	$(PY) bench/capacity.py --drivers 50000 --measure 20 --only view,noop
@@ -65,6 +65,7 @@ bench: java postgres deps
 	$(PY) bench/events.py --drivers 10000
 	$(PY) bench/status_check.py
 	$(PY) bench/scaleout.py --per-replica 10000
+	$(PY) bench/history.py --rows 1000000
 
 # Earlier measurements: event latency on a real cluster, and what durable SQLite commits cost.
 bench-extra: java deps
