@@ -46,6 +46,7 @@ def test_polls_read_the_cluster_view_instead_of_asking_each_driver(
     svc = start_service(
         POLLER_SPARK_REST_URL=rest.url,
         POLLER_SPARK_UI_URL=view.url,
+        POLLER_STATUS_SOURCE="view",
         POLLER_STATUS_VIEW_MAX_AGE_S="1",
     )
     ids = [f"view-{n}" for n in range(3)]
@@ -84,6 +85,7 @@ def test_a_view_that_cannot_speak_for_the_cluster_is_never_believed(
     svc = start_service(
         POLLER_SPARK_REST_URL=rest.url,
         POLLER_SPARK_UI_URL=view.url,
+        POLLER_STATUS_SOURCE="view",
         POLLER_STATUS_VIEW_MAX_AGE_S="1",
     )
     answer = svc.post("/submit", json={"request_id": f"odd-{mode}", "job": job_body(exit_code=4)})
@@ -108,6 +110,7 @@ def test_the_view_is_used_again_once_it_answers(
     svc = start_service(
         POLLER_SPARK_REST_URL=rest.url,
         POLLER_SPARK_UI_URL=view.url,
+        POLLER_STATUS_SOURCE="view",
         POLLER_STATUS_VIEW_MAX_AGE_S="1",
     )
     answer = svc.post("/submit", json={"request_id": "heals", "job": job_body(seconds=20)})
