@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import requests
+import urllib3
 
 from poller.errors import SparkUnavailable
 
@@ -22,22 +23,30 @@ def get_bounded(
     timeout_s: float,
     max_bytes: int,
     total_s: float,
+    redirects: bool = True,
 ) -> bytes:
     """The body of a 200 answer; raises SparkUnavailable naming ``what`` otherwise.
 
     ``timeout_s`` bounds the connect and each read; ``total_s`` the whole answer."""
     deadline = time.monotonic() + total_s
     try:
-        with session.get(url, headers=headers, timeout=timeout_s, stream=True) as response:
+        with session.get(
+            url, headers=headers, timeout=timeout_s, stream=True, allow_redirects=redirects
+        ) as response:
             if response.status_code != 200:
                 raise SparkUnavailable(f"{what} answered HTTP {response.status_code}")
             body = bytearray()
-            for chunk in response.iter_content(min(CHUNK_BYTES, max_bytes + 1)):
+            while True:
+                # What one read of the socket brings (within timeout_s), however little: a
+                # trickle meets the deadline between reads, not at the end of a chunk.
+                chunk = response.raw.read1(min(CHUNK_BYTES, max_bytes + 1), decode_content=True)
+                if not chunk:
+                    break
                 body += chunk
                 if len(body) > max_bytes:
                     raise SparkUnavailable(f"{what} answer is too large")
                 if time.monotonic() > deadline:
                     raise SparkUnavailable(f"{what} answer is too slow")
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise SparkUnavailable(f"{what} is unreachable: {type(exc).__name__}") from exc
     return bytes(body)

@@ -25,6 +25,10 @@ REASON_MAX_CHARS = 1000
 FRAME_MAX_CHARS = 512
 SCAN_MAX_CHARS = 256 * 1024
 DEFAULT_TAIL_BYTES = 4096
+# The worker's line between a driver's launch command and its output, in stderr.
+LAUNCH_SEPARATOR = "=" * 40
+# The password of credentials in a URL: scheme://user:password@host.
+_URL_PASSWORD = re.compile(r"(?P<user>://[^\s:/@]{1,256}):[^\s@]{1,256}@")
 # Spark's own mark for a redacted value, so a tail reads the same as Spark's launch command.
 REDACTED = "*********(redacted)"
 KILLED_REASON = "killed: a kill request, or its worker stopped it"
@@ -107,7 +111,7 @@ def extract(
     and starts at a line start; 0 gives no tail."""
     logs: dict[LogSource, str] = {
         "stdout": _strip_header(stdout or ""),
-        "stderr": _strip_header(stderr or ""),
+        "stderr": _without_launch_command(_strip_header(stderr or "")),
     }
     cause = _find_cause({source: _window(text) for source, text in logs.items()})
     source: LogSource | None = cause.source if cause is not None else None
@@ -134,14 +138,25 @@ def killed_reason() -> str:
 
 
 def redact(text: str) -> str:
-    """Spark's redaction of key=value pairs: a value whose key or itself names a secret."""
+    """Spark's redaction of key=value pairs (a value whose key or itself names a secret), and
+    the password of a URL's credentials (``jdbc:postgresql://user:pw@host``)."""
 
     def hide(match: re.Match[str]) -> str:
         if _SECRET_WORD.search(match["key"]) or _SECRET_WORD.search(match["value"]):
             return f"{match['key']}={REDACTED}"
         return match[0]
 
-    return _KEY_VALUE.sub(hide, text)
+    return _URL_PASSWORD.sub(rf"\g<user>:{REDACTED}@", _KEY_VALUE.sub(hide, text))
+
+
+def _without_launch_command(stderr: str) -> str:
+    """The worker writes the driver's launch command (every Spark property it was given, the
+    job's own credentials among them) at the top of stderr, then a line of 40 ``=``: none of
+    it says why the driver failed, and none of it may leave in an event."""
+    head, separator, rest = stderr.partition(LAUNCH_SEPARATOR)
+    if separator and head.startswith("Launch Command:"):
+        return rest.lstrip("\n")
+    return stderr
 
 
 def _find_cause(windows: dict[LogSource, list[str]]) -> _Cause | None:

@@ -1,11 +1,11 @@
 """Which driver on the cluster is a request's, when the answer to its create call was lost.
 
-Every create carries ``spark.poller.tag`` (the request's event id) among its Spark properties;
-they reach the driver's launch command, which the worker writes as the first line of the
-driver's stderr. A search lists the master's drivers submitted since the request was recorded
-and reads the launch command of each one that has a worker. Drivers still waiting for a worker
-(or whose log cannot be read yet) are looked at again by the next search; a driver's tag never
-changes, so each is read once.
+Every create carries ``spark.poller.tag`` (a random UUID kept in the request's record) among its
+Spark properties; they reach the driver's launch command, which the worker writes as the first
+line of the driver's stderr, each argument quoted. A search lists the master's drivers submitted
+while the create could have reached the master, and reads the launch command of each one that
+has a worker. Drivers still waiting for a worker (or whose log cannot be read yet) are looked at
+again by the next search; a driver's tag never changes, so each is read once.
 """
 
 from __future__ import annotations
@@ -29,9 +29,13 @@ READS_PER_SEARCH = 50
 SEARCH_BUDGET_S = 10.0
 # A fresh view serves the searches of one moment together.
 VIEW_REUSE_S = 1.0
-_SEPARATOR = "=" * 40
-_TAG = re.compile(r'-Dspark\.poller\.tag=([^"\s]*)')
+# The whole argument Spark writes for the property: inside another argument's value it is
+# preceded by an escaped quote, and never counts.
+_TAG = re.compile(r'(?:^|\s)"-Dspark\.poller\.tag=([^"\s]*)"')
+LAUNCH_COMMAND = "Launch Command:"
 REDACTED = "redacted"
+# After a failed fetch of the view, searches wait this long before asking again.
+VIEW_RETRY_S = 5.0
 
 
 @dataclass
@@ -54,6 +58,16 @@ class Found:
         return said if self.problem is None else f"{said}; {self.problem}"
 
 
+def launch_tag(first_line: str) -> str | None:
+    """The tag in a driver's launch command (its stderr's first line), if it carries exactly
+    one as an argument of its own; None otherwise (a second one was smuggled in, say through
+    java options, or the line is not a launch command)."""
+    if not first_line.startswith(LAUNCH_COMMAND):
+        return None
+    tags = _TAG.findall(first_line)
+    return tags[0] if len(tags) == 1 else None
+
+
 class DriverFinder:
     """Finds drivers by their tag on one cluster."""
 
@@ -62,11 +76,14 @@ class DriverFinder:
         self.logs = logs
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
+        self._fetching = threading.Lock()  # one fetch at a time; the others use its view
         self._tags: dict[str, str | None] = {}  # driver id -> its tag (None: it has none)
         self._fresh: ClusterView | None = None
+        self._failed: tuple[float, str] | None = None  # when a fetch last failed, and why
 
-    def find(self, tag: str, since_ms: int) -> Found:
-        """The driver carrying ``tag`` among those submitted since ``since_ms`` (epoch ms)."""
+    def find(self, tag: str, since_ms: int, until_ms: int) -> Found:
+        """The driver carrying ``tag`` among those the master took between ``since_ms`` and
+        ``until_ms`` (epoch ms; a margin for the clocks is added on both sides)."""
         found = Found()
         try:
             view = self._view()
@@ -75,8 +92,9 @@ class DriverFinder:
             return found
         deadline = time.monotonic() + SEARCH_BUDGET_S
         reads = 0
+        margin_ms = CLOCK_SKEW_S * 1000
         for driver_id, submitted_ms in view.submitted_ms.items():
-            if submitted_ms < since_ms - CLOCK_SKEW_S * 1000:
+            if not since_ms - margin_ms <= submitted_ms <= until_ms + margin_ms:
                 continue
             with self._lock:
                 known, seen = driver_id in self._tags, self._tags.get(driver_id)
@@ -107,14 +125,24 @@ class DriverFinder:
         return found
 
     def _view(self) -> ClusterView:
-        with self._lock:
-            fresh = self._fresh
-        if fresh is None or time.monotonic() - fresh.taken_at > VIEW_REUSE_S:
-            fresh = self.view.fetch(timeout_s=self.timeout_s, times=True)
+        """A view at most VIEW_REUSE_S old; searches at one moment share one fetch, and a
+        failed fetch is not repeated for VIEW_RETRY_S."""
+        with self._fetching:
+            now = time.monotonic()
+            fresh, failed = self._fresh, self._failed
+            if fresh is not None and now - fresh.taken_at <= VIEW_REUSE_S:
+                return fresh
+            if failed is not None and now - failed[0] < VIEW_RETRY_S:
+                raise SparkUnavailable(failed[1])
+            try:
+                fresh = self.view.fetch(timeout_s=self.timeout_s, times=True)
+            except SparkUnavailable as exc:
+                self._failed = (time.monotonic(), exc.message)
+                raise
             with self._lock:
-                self._fresh = fresh
+                self._fresh, self._failed = fresh, None
                 self._tags = {k: v for k, v in self._tags.items() if k in fresh.states}
-        return fresh
+            return fresh
 
     def _read_tag(
         self, view: ClusterView, driver_id: str, worker_id: str, deadline: float
@@ -130,10 +158,9 @@ class DriverFinder:
             if left <= 0:
                 raise SparkUnavailable("no time left to read launch commands")
             chunk = self.logs.read(worker.ui_url, driver_id, "stderr", wanted, left, offset=0)
-            head, separator, _rest = chunk.text.partition(_SEPARATOR)
-            if separator:
-                match = _TAG.search(head)
-                return None if match is None else match.group(1)
+            first, newline, _rest = chunk.text.partition("\n")
+            if newline:
+                return launch_tag(first)
             if chunk.end >= chunk.length or wanted >= MAX_HEAD_BYTES:
                 raise SparkUnavailable(f"driver {driver_id}'s launch command is not written yet")
             wanted = min(MAX_HEAD_BYTES, wanted * 4)

@@ -58,6 +58,13 @@ PAGE_CHUNK = 50
 SUBMIT_GRACE_MARGIN_S = 30.0
 
 
+def submit_grace_s(clusters: Mapping[str, SparkClient]) -> float:
+    """How long a submit call can last, every retry and master included, plus a margin for
+    the database writes around it and for clocks that differ between hosts."""
+    longest = max((client.longest_call_s for client in clusters.values()), default=0.0)
+    return longest + SUBMIT_GRACE_MARGIN_S
+
+
 class Jobs:
     """What callers ask of the service, on the parts the composition root built."""
 
@@ -84,10 +91,7 @@ class Jobs:
 
     @property
     def submit_grace_s(self) -> float:
-        """How long a submit call can last, every retry and master included, plus a margin for
-        the database writes around it and for clocks that differ between hosts."""
-        longest = max((client.longest_call_s for client in self.clusters.values()), default=0.0)
-        return longest + SUBMIT_GRACE_MARGIN_S
+        return submit_grace_s(self.clusters)
 
     @property
     def pending_writes(self) -> bool:
@@ -107,11 +111,11 @@ class Jobs:
         )
         if request.job is None:
             return self._adopt(request_id, request, trace)
-        self._insert(request_id, request, trace)
+        recorded = self._insert(request_id, request, trace)
         with self._pending_lock:
             self._submitting.add(request_id)  # recovery leaves it alone while we are at it
         try:
-            return self._submit_recorded(request_id, request.job, client)
+            return self._submit_recorded(request_id, request.job, client, recorded.spark_tag)
         finally:
             with self._pending_lock:
                 self._submitting.discard(request_id)
@@ -147,10 +151,10 @@ class Jobs:
         return self._tracking(request_id, submission_id, request.cluster, state, "adopted")
 
     def _submit_recorded(
-        self, request_id: str, job: JobSpec, client: SparkClient
+        self, request_id: str, job: JobSpec, client: SparkClient, tag: str | None
     ) -> SubmitResponse:
         try:
-            submission_id = client.create(job, request_id)
+            submission_id = client.create(job, request_id, tag)
         except SparkUnavailable as exc:
             if exc.maybe_applied:
                 self._give_up_submission(
@@ -196,10 +200,10 @@ class Jobs:
         trace: TraceContext | None,
         adopted: tuple[DriverState, str | None] | None = None,
         also: Callable[[Connection], None] | None = None,
-    ) -> None:
+    ) -> JobRecord:
         """Record the request (before Spark hears of a create); a taken id says what it is."""
         try:
-            self.store.insert(
+            return self.store.insert(
                 request_id,
                 request.cluster,
                 request.labels,
@@ -423,15 +427,31 @@ class Jobs:
             if record is None:
                 raise RequestNotFound(f"no request {request_id!r}")
             add_log_context(submission_id=record.submission_id, cluster=record.cluster)
-            if record.phase == Phase.SUBMITTING:
+            if record.phase == Phase.SUBMITTING and record.search_until is not None:
+                # Its driver, if its create made one, is not known: nothing to kill yet.
+                fixed = self.store.complete(
+                    request_id,
+                    DriverState.CANCELLED,
+                    "cancelled by request while the driver of its create (whose answer was "
+                    "lost) was looked for: a driver it made, if any, is neither tracked nor "
+                    "killed",
+                    phase=Phase.SUBMITTING,
+                )
+                if fixed is None:  # found meanwhile, by another process's search
+                    raise RequestConflict(
+                        f"request {request_id!r} changed meanwhile (its driver was found): "
+                        "cancel it again"
+                    )
+                record = self.poller.advance(request_id) or fixed
+            elif record.phase == Phase.SUBMITTING:
                 raise RequestConflict(f"request {request_id!r} is still being submitted")
-            if record.phase == Phase.CANCELLING:
+            elif record.phase == Phase.CANCELLING:
                 raise RequestConflict(f"request {request_id!r} is already being cancelled")
-            if record.phase != Phase.POLLING:
+            elif record.phase != Phase.POLLING:
                 raise RequestConflict(
                     f"request {request_id!r} already ended ({record.state.value})"
                 )
-            if not kill or record.submission_id is None:
+            elif not kill or record.submission_id is None:
                 record = self.poller.complete(
                     request_id, DriverState.CANCELLED, "cancelled by request"
                 )

@@ -70,6 +70,7 @@ DETAIL_COLUMNS = frozenset(  # since 0005
         "spark_app_id",
         "spark_app_ui_url",
         "failure",
+        "spark_tag",
         "search_until",
     }
 )

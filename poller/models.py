@@ -102,6 +102,9 @@ class RequestRow(Base):
     spark_app_id: Mapped[str | None] = mapped_column(String(128))
     spark_app_ui_url: Mapped[str | None] = mapped_column(String(1024))
     failure: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # The tag the create carried (spark.poller.tag): how its driver is found if its answer is
+    # lost. Random, so no other driver can carry it.
+    spark_tag: Mapped[str | None] = mapped_column(String(36))
     # While set, a create that may have landed is being looked for among the master's drivers.
     search_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

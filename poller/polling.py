@@ -41,7 +41,6 @@ from poller.schemas import (
     Fence,
     JobRecord,
     Phase,
-    event_id_for,
 )
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
@@ -57,6 +56,10 @@ MAX_WAIT_FOR_WORKER = timedelta(days=1)
 RemoveJob = Callable[[str], None]
 # The fence of a request's shard while this process leads it and knows so, else None.
 CurrentFence = Callable[[str], Fence | None]
+
+
+def _epoch_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 def _run_cluster() -> str:
@@ -86,6 +89,9 @@ class PollPolicy:
     kill_confirm_timeout_s: float = 60.0
     # At most how long after Spark's ending a poll sees it (the event says so).
     detection_bound_s: float | None = None
+    # How long after a request was recorded its create can reach the master (a submit call's
+    # longest): the window a lost create's driver is looked for in.
+    create_window_s: float = 300.0
 
 
 class RequestLocks:
@@ -320,16 +326,29 @@ class Poller:
         never while a driver of its window still waits for a worker (it may be ours)."""
         assert record.search_until is not None
         finder = self.finders.get(record.cluster)
-        if finder is None:
-            raise UnknownCluster(f"cluster {record.cluster!r} is not configured in this process")
+        asked = record.message or "the create call was interrupted"
+        if finder is None:  # recorded by a process configured otherwise, or a retired cluster
+            if utcnow() < record.search_until:
+                raise UnknownCluster(
+                    f"cluster {record.cluster!r} is not configured in this process"
+                )
+            why = f"cluster {record.cluster!r} is not configured here to look for its driver"
+            return self._fix(record, DriverState.SUBMIT_UNKNOWN, f"{asked}; {why}", fence)
         self._still_leading(record.request_id, fence)
-        since_ms = int(record.submitted_at.timestamp() * 1000)
-        found = finder.find(event_id_for(record.request_id), since_ms)
+        if record.spark_tag is None:  # a create of a release that did not tag them
+            why = "its create carried no tag to find the driver by; it was not submitted again"
+            return self._fix(record, DriverState.SUBMIT_UNKNOWN, f"{asked}; {why}", fence)
+        # The master took the create, if at all, while the call could last.
+        since = record.submitted_at
+        until = since + timedelta(seconds=self.policy.create_window_s)
+        found = finder.find(record.spark_tag, _epoch_ms(since), _epoch_ms(until))
         if found.driver is not None:
             return self._adopt_found(record, found.driver, fence)
         now = utcnow()
+        # Not while it could not look everywhere: the driver may be one it could not see.
+        complete = not (found.waiting or found.unreadable or found.problem)
         give_up = now >= record.search_until and (
-            not found.waiting or now >= record.search_until + MAX_WAIT_FOR_WORKER
+            complete or now >= record.search_until + MAX_WAIT_FOR_WORKER
         )
         if found.tagged:  # more than one: never pick
             why = f"drivers {', '.join(sorted(found.tagged))} all carry this request's tag"
@@ -346,18 +365,23 @@ class Poller:
                 extra={"request_id": record.request_id},
             )
             return record
-        message = f"{record.message or 'the create call was interrupted'}; {why}"
-        return self._fix(record, DriverState.SUBMIT_UNKNOWN, message, fence)
+        return self._fix(record, DriverState.SUBMIT_UNKNOWN, f"{asked}; {why}", fence)
 
     def _adopt_found(self, record: JobRecord, driver: str, fence: Fence | None) -> JobRecord:
+        """Track the driver found. Unfenced, as a submit's own write is: whoever writes it,
+        it is the one driver carrying this request's tag."""
         self._still_leading(record.request_id, fence)
+        asked = record.message or "the create call was interrupted"
         try:
             moved = self.store.mark_submitted(
-                record.request_id, driver, DriverState.UNKNOWN, withdraw=False
+                record.request_id,
+                driver,
+                DriverState.UNKNOWN,
+                withdraw=False,
+                message=f"{asked}; driver {driver} was found by its tag and tracked",
             )
         except DriverTaken as exc:
-            message = f"{record.message or 'the create call was interrupted'}; {exc.message}"
-            return self._fix(record, DriverState.SUBMIT_UNKNOWN, message, fence)
+            return self._fix(record, DriverState.SUBMIT_UNKNOWN, f"{asked}; {exc.message}", fence)
         if moved is None:
             return self._reload(record.request_id)
         logger.warning(
@@ -434,7 +458,9 @@ class Poller:
         # Decided from ``record``: a request another process moved on meanwhile (a cancel
         # through a standby) is left as it is, and its next run decides again. Under a fence
         # no longer current (another process leads now), nothing is written.
-        details = EndDetails(failure=failure, detection_bound_s=self.policy.detection_bound_s)
+        # The bound is of endings a poll saw in Spark's answer: not of the service's own.
+        bound = self.policy.detection_bound_s if seen is not None else None
+        details = EndDetails(failure=failure, detection_bound_s=bound)
         fixed = self.store.complete(
             record.request_id, final_state, message, seen, record.phase, fence, details, seen_at
         )

@@ -176,6 +176,13 @@ class JobSpec(Strict):
         )
         if reserved:
             raise ValueError(f"{', '.join(reserved)} is set by the service from the cluster")
+        # The service's own tag, written into a property value or an argument, would reach the
+        # driver's launch command beside the real one.
+        if any(
+            RESERVED_SPARK_PREFIX in text
+            for text in (*self.spark_properties.values(), *self.app_args, self.app_resource)
+        ):
+            raise ValueError(f"{RESERVED_SPARK_PREFIX}* is the service's own: not in values")
         return self
 
 
@@ -262,7 +269,9 @@ class JobRecord(BaseModel):
     event_id: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
-    # Set while the driver of a create whose answer was lost is looked for on the cluster.
+    # The spark.poller.tag its create carried, and, while the driver of a create whose answer
+    # was lost is looked for on the cluster, until when.
+    spark_tag: str | None = None
     search_until: datetime | None = None
     started_at: datetime | None = None
     worker: Worker | None = None

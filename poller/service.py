@@ -22,7 +22,7 @@ from poller.errors import ConfigMismatch, PollerError
 from poller.events import EventPublisher, producer_config
 from poller.finder import DriverFinder
 from poller.health import HealthMonitor
-from poller.jobs import Jobs
+from poller.jobs import Jobs, submit_grace_s
 from poller.jobstore import jobs_channel
 from poller.leadership import Leadership, ShardLead
 from poller.lease import Membership, lease_for
@@ -112,6 +112,7 @@ class Service:
             kill_on_timeout=settings.kill_on_timeout,
             kill_confirm_timeout_s=settings.kill_confirm_timeout_s,
             detection_bound_s=detection_bound_s(settings),
+            create_window_s=submit_grace_s(self.clusters),
         )
         self.outbox = Outbox(
             self.store,
@@ -134,9 +135,7 @@ class Service:
             )
             for name, client in self.clusters.items()
         }
-        self.worker_logs = {
-            name: WorkerLogs(name, client.cluster) for name, client in self.clusters.items()
-        }
+        self.worker_logs = {name: WorkerLogs(name) for name, client in self.clusters.items()}
         lookup = FailureLookup(
             {
                 name: ClusterLogs(self.views[name], self.worker_logs[name], source.latest_view)

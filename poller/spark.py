@@ -45,7 +45,6 @@ from poller.schemas import (
     DriverState,
     DriverStatus,
     JobSpec,
-    event_id_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,20 +94,27 @@ def app_name(spec: JobSpec, request_id: str) -> str:
 
 
 def create_request_body(
-    spec: JobSpec, master_url: str, request_id: str, client_version: str
+    spec: JobSpec,
+    master_url: str,
+    request_id: str,
+    client_version: str,
+    tag: str | None = None,
 ) -> dict[str, Any]:
-    """The CreateSubmissionRequest that spark-submit would send for ``spec`` in cluster mode."""
+    """The CreateSubmissionRequest that spark-submit would send for ``spec`` in cluster mode,
+    carrying ``tag`` (the request's, from its record) as TAG_PROPERTY."""
     properties = {
         "spark.app.name": app_name(spec, request_id),
         "spark.driver.supervise": "false",
         **spec.spark_properties,
         "spark.master": master_url,
         "spark.submit.deployMode": "cluster",
-        # Reaches the driver's launch command, which its worker writes at the top of its
-        # stderr: how a driver whose create answer was lost is found. A UUID, which Spark's
-        # redaction of secret-looking values never hides (a request_id might look like one).
-        TAG_PROPERTY: event_id_for(request_id),
     }
+    if tag is not None:
+        # Reaches the driver's launch command, which its worker writes at the top of its
+        # stderr: how a driver whose create answer was lost is found. A random UUID: nobody
+        # can make another driver carry it beforehand, and Spark's redaction of secret-looking
+        # values never hides it (a request_id might look like one).
+        properties[TAG_PROPERTY] = tag
     if spec.main_class is None:  # a .py resource: Spark's Python runner conventions
         main_class = PYTHON_RUNNER
         py_files = properties.get("spark.submit.pyFiles", "")
@@ -493,9 +499,12 @@ class SparkClient:
             raise SparkUnavailable(f"{where} answered oddly", maybe_applied=True)
         return payload
 
-    def create(self, spec: JobSpec, request_id: str) -> str:
-        """Submit ``spec``; returns the submission id. Raises SparkRejected, SparkUnavailable."""
-        body = create_request_body(spec, self.cluster.master_url, request_id, self.client_version)
+    def create(self, spec: JobSpec, request_id: str, tag: str | None = None) -> str:
+        """Submit ``spec`` (tagged ``tag``); returns the submission id. Raises SparkRejected,
+        SparkUnavailable."""
+        body = create_request_body(
+            spec, self.cluster.master_url, request_id, self.client_version, tag
+        )
         payload = self._call("POST", "create", idempotent=False, body=body)
         submission_id = payload.get("submissionId")
         if payload.get("success") is not True or not isinstance(submission_id, str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -120,6 +121,7 @@ _FIX = (
             else_=_COLUMNS.spark_state,
         ),
         unknown_polls=case((bindparam("seen", type_=Boolean), 0), else_=_COLUMNS.unknown_polls),
+        search_until=None,  # ended: nothing is looked for any more
         # What is known about the run: kept where this ending does not know better.
         **{
             name: func.coalesce(bindparam(name, type_=_COLUMNS[name].type), _COLUMNS[name])
@@ -181,6 +183,7 @@ def _record(row: Any) -> JobRecord:
         event_id=row.event_id if published else None,
         traceparent=row.traceparent,
         tracestate=row.tracestate,
+        spark_tag=row.spark_tag,
         search_until=row.search_until,
         started_at=row.started_at,
         worker=None if row.worker_id is None else Worker(id=row.worker_id, host=row.worker_host),
@@ -369,6 +372,8 @@ class RequestStore:
                 traceparent=None if trace is None else trace.traceparent,
                 tracestate=None if trace is None else trace.tracestate,
                 spark_app_name=None if app_name is None else app_name[:256],
+                # A create's tag (an adoption makes none): how its driver is found again.
+                spark_tag=None if app_name is None else str(uuid.uuid4()),
             )
             values = {column.key: getattr(row, column.key) for column in _REQUESTS.columns}
 
@@ -416,6 +421,7 @@ class RequestStore:
         spark_state: str | None = None,
         also: Callable[[Connection], None] | None = None,
         withdraw: bool = True,
+        message: str | None = None,
     ) -> JobRecord | None:
         """Spark accepted (or we adopted) the driver: from here on the poll job owns the request.
         ``spark_state`` is Spark's own word for ``state``, when an answer gave one; ``also``
@@ -445,6 +451,7 @@ class RequestStore:
                             state=state.value,
                             spark_state=spark_state,
                             search_until=None,
+                            **({} if message is None else {"message": message[:MAX_WHY_CHARS]}),
                         )
                         .execution_options(**NO_PRE_READ)
                     )

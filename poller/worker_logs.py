@@ -2,8 +2,12 @@
 
 The worker's web UI serves each driver's ``stdout`` and ``stderr`` as plain text at
 ``/log?driverId=&logType=&offset=&byteLength=``: a first line ``==== Bytes a-b of n of <path>
-====``, then those bytes. Reads are bounded in size and time; a worker that failed to answer is
-left alone for a while, so a dead one costs one timeout, not one per ending.
+====``, then those bytes. Reads are bounded in size and time; a worker that could not be reached
+is left alone for a while, so a dead one costs one timeout, not one per ending.
+
+No credentials go to a worker: its address comes from the master's view, where any process that
+can register as a worker puts what it likes (a JWS signed for the master would let whoever
+collects it submit drivers). Nor do the environment's proxies, .netrc or redirects apply.
 """
 
 from __future__ import annotations
@@ -18,16 +22,15 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from poller.bounded_http import get_bounded
-from poller.config import ClusterConfig
 from poller.errors import SparkUnavailable
 from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
-from poller.spark import jws_token
 
 LogType = Literal["stdout", "stderr"]
 # Room for the range line (and its path) over the bytes asked for.
 HEADER_ALLOWANCE = 4096
 # After a worker failed to answer, it is not asked again for this long.
 QUIET_AFTER_FAILURE_S = 30.0
+MAX_QUIET_WORKERS = 10_000
 _RANGE = re.compile(rb"==== Bytes (\d+)-(\d+) of (\d+) of [^\n]* ====\n?")
 
 
@@ -42,10 +45,10 @@ class LogChunk:
 class WorkerLogs:
     """Reads drivers' logs from the workers of one cluster."""
 
-    def __init__(self, name: str, cluster: ClusterConfig) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.cluster = cluster
         self._session = requests.Session()
+        self._session.trust_env = False
         self._lock = threading.Lock()
         self._quiet_until: dict[str, float] = {}
 
@@ -72,24 +75,27 @@ class WorkerLogs:
         query = {"driverId": driver_id, "logType": log_type, "byteLength": str(max_bytes)}
         if offset is not None:
             query["offset"] = str(offset)
-        headers = {}
-        if self.cluster.jws_secret is not None:
-            headers["Authorization"] = f"Bearer {jws_token(self.cluster.jws_secret)}"
         started = time.monotonic()
         try:
             body = get_bounded(
                 self._session,
                 f"{base}/log?{urlencode(query)}",
                 what=f"worker {base}",
-                headers=headers,
+                headers={},
                 timeout_s=timeout_s,
                 max_bytes=max_bytes + HEADER_ALLOWANCE,
                 total_s=timeout_s,
+                redirects=False,
             )
-        except SparkUnavailable:
+        except SparkUnavailable as exc:
             SPARK_CALL_ERRORS.labels(self.name, "log", "unavailable").inc()
-            with self._lock:
-                self._quiet_until[base] = time.monotonic() + QUIET_AFTER_FAILURE_S
+            # Only a worker that cannot be reached is left alone: a read cut short by the
+            # caller's budget says nothing about the worker.
+            if isinstance(exc.__cause__, requests.ConnectionError):
+                with self._lock:
+                    if len(self._quiet_until) >= MAX_QUIET_WORKERS:
+                        self._quiet_until.clear()
+                    self._quiet_until[base] = time.monotonic() + QUIET_AFTER_FAILURE_S
             raise
         finally:
             SPARK_CALL_SECONDS.labels(self.name, "log").observe(time.monotonic() - started)

@@ -297,6 +297,17 @@ def driver_state(spark: SparkStandalone, submission_id: str) -> str | None:
     return str(state) if state is not None else None
 
 
+def spark_tags(database_url: str) -> dict[str, str | None]:
+    """The tag each request's create carried, as its record keeps it."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT request_id, spark_tag FROM poller_requests"))
+            return {str(rid): tag for rid, tag in rows}
+    finally:
+        engine.dispose()
+
+
 def driver_tag(spark: SparkStandalone, submission_id: str) -> str | None:
     """The ``spark.poller.tag`` in the driver's launch command, read from the worker's own file
     (not through the service): whose request the driver was created for."""

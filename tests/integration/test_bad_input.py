@@ -65,6 +65,21 @@ def _bad_bodies(job: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str
             "spark.poller.tag",
         ),
         (
+            "the service's own tag in java options",
+            {
+                "json": {
+                    "job": {
+                        **job,
+                        "spark_properties": {
+                            "spark.driver.extraJavaOptions": "-Dspark.poller.tag=x"
+                        },
+                    }
+                }
+            },
+            422,
+            "spark.poller.",
+        ),
+        (
             "too many labels",
             {"json": {"job": job, "labels": {f"k{i}": "v" for i in range(65)}}},
             422,

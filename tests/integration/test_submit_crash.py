@@ -116,6 +116,32 @@ def test_a_create_that_never_reached_spark_ends_unknown_after_the_search(
     assert driver_ids(spark) == drivers_before
 
 
+def test_a_request_whose_driver_is_looked_for_can_be_cancelled(
+    start_service: ServiceFactory, job_body: JobBody, events: EventReader
+) -> None:
+    silent = SilentServer()
+    try:
+        svc = start_service(
+            POLLER_SPARK_REST_URL=silent.url,
+            POLLER_SPARK_TIMEOUT_S="1",
+            POLLER_RECOVERY_SEARCH_S="600",
+        )
+        answer = svc.post("/submit", json={"request_id": "given-up", "job": job_body()})
+        assert answer.status_code == 504, answer.text
+        searching = svc.job("given-up")
+        assert (searching["phase"], searching["state"]) == ("submitting", "SUBMITTING")
+        assert searching["search_until"] is not None
+        gone = svc.delete("/jobs/given-up")
+        assert gone.status_code in {200, 202}, gone.text
+        [event] = events.wait_for_keys({"given-up"})["given-up"]
+    finally:
+        silent.close()
+    assert (event.value["state"], event.value["submission_id"]) == ("CANCELLED", None)
+    assert "neither tracked nor killed" in event.value["message"]
+    record = svc.job("given-up")
+    assert (record["phase"], record["search_until"]) == ("done", None)
+
+
 def test_database_lost_while_spark_creates_the_driver(
     start_service: ServiceFactory,
     slow_create: DelayingProxy,

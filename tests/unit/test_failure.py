@@ -364,3 +364,27 @@ def test_only_the_end_of_a_log_is_scanned() -> None:
     info = extract(old + "y\n" * SCAN_MAX_CHARS, None)
 
     assert info.reason is None
+
+
+def test_the_launch_command_never_reaches_the_tail() -> None:
+    """It holds every Spark property the job was given: credentials of the job's own."""
+    stderr = (
+        'Launch Command: "java" "-Dapi.pw=hunter2" "-Dfs.azure.account.key.acct=c2VjcmV0"\n'
+        + "=" * 40
+        + '\n\nException in thread "main" java.lang.ClassNotFoundException: com.example.X\n'
+    )
+    found = extract("", stderr)
+    assert found.reason == "java.lang.ClassNotFoundException: com.example.X"
+    assert found.log_tail is not None
+    assert "hunter2" not in found.log_tail
+    assert "c2VjcmV0" not in found.log_tail
+    assert "Launch Command" not in found.log_tail
+
+
+def test_passwords_in_urls_are_masked() -> None:
+    text = "jdbc:postgresql://etl:pw123@db/x s3a://AKIA:se/cret@bucket/k http://host:8080/p"
+    masked = redact(text)
+    assert "pw123" not in masked
+    assert "se/cret" not in masked
+    assert "jdbc:postgresql://etl:" in masked
+    assert "http://host:8080/p" in masked

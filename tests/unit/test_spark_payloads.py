@@ -22,7 +22,7 @@ from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from poller.errors import SparkUnavailable
-from poller.schemas import DriverState, JobSpec, event_id_for
+from poller.schemas import DriverState, JobSpec
 from poller.spark import (
     PYTHON_RUNNER,
     _may_have_landed,
@@ -38,7 +38,7 @@ def test_python_resource_gets_spark_submit_conventions() -> None:
         app_args=["--day", "1"],
         spark_properties={"spark.submit.pyFiles": "file:/jobs/lib.zip"},
     )
-    body = create_request_body(spec, "spark://m:7077", "req-1", "4.3.0")
+    body = create_request_body(spec, "spark://m:7077", "req-1", "4.3.0", tag="t-1")
     assert body["mainClass"] == PYTHON_RUNNER
     assert body["appArgs"] == ["file:/jobs/etl.py", "file:/jobs/lib.zip", "--day", "1"]
     assert body["appResource"] == "file:/jobs/etl.py"
@@ -46,7 +46,7 @@ def test_python_resource_gets_spark_submit_conventions() -> None:
     assert props["spark.master"] == "spark://m:7077"
     assert props["spark.submit.deployMode"] == "cluster"
     assert props["spark.app.name"] == "req-1"
-    assert props["spark.poller.tag"] == event_id_for("req-1")  # finds it after a lost answer
+    assert props["spark.poller.tag"] == "t-1"  # finds it after a lost answer
     assert "spark.jars" not in props
     assert body["environmentVariables"] == {"SPARK_ENV_LOADED": "1"}
 

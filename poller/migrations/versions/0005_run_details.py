@@ -1,5 +1,6 @@
 """What the completion event tells about a run: when it started, its worker, its Spark
-application, why it failed; and the deadline of the search for a create that may have landed.
+application, why it failed; and the tag of its create, and the deadline of the search for a
+create that may have landed.
 
 All nullable: rows written before know none of it, and the release before this one keeps running
 against the new columns during a rolling update (it never names them).
@@ -28,6 +29,7 @@ COLUMNS = (
     ("spark_app_id", sa.String(128)),
     ("spark_app_ui_url", sa.String(1024)),
     ("failure", sa.JSON(none_as_null=True)),
+    ("spark_tag", sa.String(36)),
     ("search_until", sa.DateTime(timezone=True)),
 )
 

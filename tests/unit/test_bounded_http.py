@@ -1,0 +1,73 @@
+"""A web UI that trickles or floods is cut off by the bounds of the GET, not waited out."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from poller.bounded_http import get_bounded
+from poller.errors import SparkUnavailable
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, list[bytes]]]:
+    """A one-answer HTTP server on loopback; the test puts the answer's parts in the list
+    (a part of b"" is a pause of 0.3 s)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    parts: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                for part in parts:
+                    if part:
+                        conn.sendall(part)
+                    else:
+                        time.sleep(0.3)
+            except OSError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/", parts
+    listener.close()
+
+
+def get(url: str, max_bytes: int = 1_000_000) -> bytes:
+    return get_bounded(
+        requests.Session(),
+        url,
+        what="w",
+        headers={},
+        timeout_s=1.0,
+        max_bytes=max_bytes,
+        total_s=1.0,
+    )
+
+
+def test_a_trickle_is_cut_at_the_deadline(server: tuple[str, list[bytes]]) -> None:
+    url, parts = server
+    parts += [b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"] + [b"x", b""] * 50
+    started = time.monotonic()
+    with pytest.raises(SparkUnavailable, match="too slow"):
+        get(url)
+    assert time.monotonic() - started < 2.5  # the deadline plus one read's timeout at most
+
+
+def test_an_answer_over_the_size_is_refused(server: tuple[str, list[bytes]]) -> None:
+    url, parts = server
+    parts += [b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", b"y" * 5000]
+    with pytest.raises(SparkUnavailable, match="too large"):
+        get(url, max_bytes=1000)
+
+
+def test_an_answer_within_the_bounds_is_read_whole(server: tuple[str, list[bytes]]) -> None:
+    url, parts = server
+    parts += [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab", b"", b"cdef"]
+    assert get(url) == b"abcdef"
