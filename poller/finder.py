@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from poller.errors import SparkUnavailable
+from poller.failure import REDACTED
 from poller.master_view import ClusterView, MasterView
 from poller.worker_logs import WorkerLogs
 
@@ -26,14 +27,13 @@ MAX_HEAD_BYTES = 1024 * 1024
 CLOCK_SKEW_S = 60.0
 # Per search: log reads, and the time they may take (the rest wait for the next search).
 READS_PER_SEARCH = 50
-SEARCH_BUDGET_S = 10.0
+SEARCH_BUDGET_S = 5.0
 # A fresh view serves the searches of one moment together.
 VIEW_REUSE_S = 1.0
 # The whole argument Spark writes for the property: inside another argument's value it is
 # preceded by an escaped quote, and never counts.
 _TAG = re.compile(r'(?:^|\s)"-Dspark\.poller\.tag=([^"\s]*)"')
 LAUNCH_COMMAND = "Launch Command:"
-REDACTED = "redacted"
 # After a failed fetch of the view, searches wait this long before asking again.
 VIEW_RETRY_S = 5.0
 
@@ -118,7 +118,7 @@ class DriverFinder:
             found.read += 1
             if seen == tag:
                 found.tagged.append(driver_id)
-            elif seen is not None and REDACTED in seen:
+            elif seen == REDACTED:
                 found.redacted += 1
         if len(found.tagged) == 1:
             found.driver = found.tagged[0]

@@ -31,6 +31,7 @@ READ_BYTES = 64 * 1024
 # Lookups under way at once against one cluster's workers; the others wait within their budget.
 CONCURRENT_PER_CLUSTER = 4
 MAX_NOTE_CHARS = 512
+MAX_KNOWN_WORKERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class FailureLookup:
             latest = cluster.latest()
             if latest is None or worker_id not in latest.workers:
                 latest = cluster.view.fetch(timeout_s=_left(deadline))
+            if len(self._workers) > MAX_KNOWN_WORKERS:  # workers come and go: forget the old
+                self._workers.clear()
             for listed_id, info in latest.workers.items():
                 self._workers[(name, listed_id)] = info
             known = self._workers.get((name, worker_id))

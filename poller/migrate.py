@@ -147,7 +147,9 @@ def _unversioned(conn: Connection) -> str | None:
     if not inspector.has_table(TABLE):
         return None
     columns = {str(column["name"]) for column in inspector.get_columns(TABLE)}
-    if columns == FIRST_COLUMNS | TRACE_COLUMNS | DETAIL_COLUMNS:
+    if columns == FIRST_COLUMNS | TRACE_COLUMNS | DETAIL_COLUMNS and all(
+        inspector.has_table(table) for table in (LEASES_TABLE, LAYOUT_TABLE)
+    ):
         indexes = {str(index["name"]) for index in inspector.get_indexes(TABLE)}
         return "0006" if LISTING_INDEX in indexes else "0005"
     if columns == FIRST_COLUMNS | TRACE_COLUMNS and inspector.has_table(LEASES_TABLE):
