@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from poller.errors import SparkUnavailable
 from poller.failure import REDACTED
-from poller.master_view import ClusterView, MasterView
-from poller.worker_logs import WorkerLogs
+from poller.master_view import ClusterView, MasterView, view_state
+from poller.worker_logs import NoSuchLog, WorkerLogs
 
 # The launch command is the first line of stderr; a long class path still fits in this.
 HEAD_BYTES = 64 * 1024
@@ -48,12 +48,14 @@ class Found:
     waiting: int = 0  # not placed on a worker yet: looked at again next time
     unreadable: int = 0  # placed, but their launch command could not be read (yet)
     redacted: int = 0  # Spark hid the tag (a spark.redaction.regex that matches it)
+    silent: int = 0  # ended without a launch command to read (killed or failed before it)
     problem: str | None = None
 
     def summary(self) -> str:
         said = (
             f"{self.read} driver(s) of the window read, {self.waiting} waiting for a worker, "
-            f"{self.unreadable} unreadable, {self.redacted} with the tag redacted by Spark"
+            f"{self.unreadable} unreadable, {self.silent} ended without a launch command, "
+            f"{self.redacted} with the tag redacted by Spark"
         )
         return said if self.problem is None else f"{said}; {self.problem}"
 
@@ -66,6 +68,10 @@ def launch_tag(first_line: str) -> str | None:
         return None
     tags = _TAG.findall(first_line)
     return tags[0] if len(tags) == 1 else None
+
+
+class NoLaunchCommand(SparkUnavailable):
+    """The driver's stderr holds no (whole) launch command: not yet, or, once it ended, never."""
 
 
 class DriverFinder:
@@ -109,6 +115,12 @@ class DriverFinder:
                 reads += 1
                 try:
                     seen = self._read_tag(view, driver_id, worker_id, deadline)
+                except (NoLaunchCommand, NoSuchLog):
+                    if view_state(view.states[driver_id]).terminal:
+                        found.silent += 1  # it never will have one: it cannot tell
+                    else:
+                        found.unreadable += 1
+                    continue
                 except SparkUnavailable as exc:
                     found.unreadable += 1
                     found.problem = found.problem or exc.message
@@ -162,5 +174,5 @@ class DriverFinder:
             if newline:
                 return launch_tag(first)
             if chunk.end >= chunk.length or wanted >= MAX_HEAD_BYTES:
-                raise SparkUnavailable(f"driver {driver_id}'s launch command is not written yet")
+                raise NoLaunchCommand(f"driver {driver_id}'s launch command is not written")
             wanted = min(MAX_HEAD_BYTES, wanted * 4)

@@ -34,6 +34,10 @@ MAX_QUIET_WORKERS = 10_000
 _RANGE = re.compile(rb"==== Bytes (\d+)-(\d+) of (\d+) of [^\n]* ====\n?")
 
 
+class NoSuchLog(SparkUnavailable):
+    """The worker answered, and has no such log (a driver it never launched, or forgot)."""
+
+
 @dataclass(frozen=True)
 class LogChunk:
     text: str
@@ -110,7 +114,7 @@ def parse_log(body: bytes, driver_id: str) -> LogChunk:
     if match is None:
         # The worker's answer to an unknown driver or log is a line of its own ("Error: ...").
         first = body.split(b"\n", 1)[0][:200].decode("utf-8", "replace")
-        raise SparkUnavailable(f"the worker has no such log of {driver_id}: {first!r}")
+        raise NoSuchLog(f"the worker has no such log of {driver_id}: {first!r}")
     start, end, length = (int(group) for group in match.groups())
     text = body[match.end() :].decode("utf-8", "replace")
     return LogChunk(text, start, end, length)
