@@ -1,7 +1,7 @@
 """A driver's logs, read from the Spark worker that ran it.
 
 The worker's web UI serves each driver's ``stdout`` and ``stderr`` as plain text at
-``/log?driverId=&logType=&offset=&byteLength=``: a first line ``==== Bytes a-b of n of <path>
+``/log/?driverId=&logType=&offset=&byteLength=``: a first line ``==== Bytes a-b of n of <path>
 ====``, then those bytes. Reads are bounded in size and time; a worker that could not be reached
 is left alone for a while, so a dead one costs one timeout, not one per ending.
 
@@ -83,7 +83,7 @@ class WorkerLogs:
         try:
             body = get_bounded(
                 self._session,
-                f"{base}/log?{urlencode(query)}",
+                f"{base}/log/?{urlencode(query)}",
                 what=f"worker {base}",
                 headers={},
                 timeout_s=timeout_s,
