@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from poller.errors import SparkUnavailable
 from poller.failure import REDACTED
-from poller.master_view import ClusterView, MasterView, view_state
+from poller.master_view import ClusterView, SharedView, view_state
 from poller.worker_logs import NoSuchLog, WorkerLogs
 
 # The launch command is the first line of stderr; a long class path still fits in this.
@@ -28,14 +28,10 @@ CLOCK_SKEW_S = 60.0
 # Per search: log reads, and the time they may take (the rest wait for the next search).
 READS_PER_SEARCH = 50
 SEARCH_BUDGET_S = 5.0
-# A fresh view serves the searches of one moment together.
-VIEW_REUSE_S = 1.0
 # The whole argument Spark writes for the property: inside another argument's value it is
 # preceded by an escaped quote, and never counts.
 _TAG = re.compile(r'(?:^|\s)"-Dspark\.poller\.tag=([^"\s]*)"')
 LAUNCH_COMMAND = "Launch Command:"
-# After a failed fetch of the view, searches wait this long before asking again.
-VIEW_RETRY_S = 5.0
 
 
 @dataclass
@@ -77,25 +73,27 @@ class NoLaunchCommand(SparkUnavailable):
 class DriverFinder:
     """Finds drivers by their tag on one cluster."""
 
-    def __init__(self, view: MasterView, logs: WorkerLogs, timeout_s: float) -> None:
+    def __init__(self, view: SharedView, logs: WorkerLogs, timeout_s: float) -> None:
         self.view = view
         self.logs = logs
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
-        self._fetching = threading.Lock()  # one fetch at a time; the others use its view
         self._tags: dict[str, str | None] = {}  # driver id -> its tag (None: it has none)
-        self._fresh: ClusterView | None = None
-        self._failed: tuple[float, str] | None = None  # when a fetch last failed, and why
+        self._pruned_at = 0.0  # the view the tags were last pruned to
 
     def find(self, tag: str, since_ms: int, until_ms: int) -> Found:
         """The driver carrying ``tag`` among those the master took between ``since_ms`` and
         ``until_ms`` (epoch ms; a margin for the clocks is added on both sides)."""
         found = Found()
         try:
-            view = self._view()
+            view = self.view.get()
         except SparkUnavailable as exc:
             found.problem = exc.message
             return found
+        with self._lock:
+            if view.taken_at != self._pruned_at:  # drivers the master forgot: never again
+                self._pruned_at = view.taken_at
+                self._tags = {k: v for k, v in self._tags.items() if k in view.states}
         deadline = time.monotonic() + SEARCH_BUDGET_S
         reads = 0
         margin_ms = CLOCK_SKEW_S * 1000
@@ -135,26 +133,6 @@ class DriverFinder:
         if len(found.tagged) == 1:
             found.driver = found.tagged[0]
         return found
-
-    def _view(self) -> ClusterView:
-        """A view at most VIEW_REUSE_S old; searches at one moment share one fetch, and a
-        failed fetch is not repeated for VIEW_RETRY_S."""
-        with self._fetching:
-            now = time.monotonic()
-            fresh, failed = self._fresh, self._failed
-            if fresh is not None and now - fresh.taken_at <= VIEW_REUSE_S:
-                return fresh
-            if failed is not None and now - failed[0] < VIEW_RETRY_S:
-                raise SparkUnavailable(failed[1])
-            try:
-                fresh = self.view.fetch(timeout_s=self.timeout_s, times=True)
-            except SparkUnavailable as exc:
-                self._failed = (time.monotonic(), exc.message)
-                raise
-            with self._lock:
-                self._fresh, self._failed = fresh, None
-                self._tags = {k: v for k, v in self._tags.items() if k in fresh.states}
-            return fresh
 
     def _read_tag(
         self, view: ClusterView, driver_id: str, worker_id: str, deadline: float

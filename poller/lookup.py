@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from poller.apps import logged_app_id
 from poller.errors import SparkUnavailable
 from poller.failure import FailureInfo, Mask, extract, killed_reason
 from poller.master_view import ClusterView, MasterView, WorkerInfo
@@ -44,6 +45,18 @@ class ClusterLogs:
     latest: Callable[[], ClusterView | None]
 
 
+@dataclass(frozen=True)
+class Looked:
+    failure: Failure
+    app_id: str | None  # the application the driver's log named
+
+
+@dataclass(frozen=True)
+class Read:
+    info: FailureInfo
+    app_id: str | None
+
+
 class _Spent(Exception):
     """The budget ran out."""
 
@@ -68,18 +81,18 @@ class FailureLookup:
         }
         self._workers: dict[tuple[str, str], WorkerInfo] = {}
 
-    def lookup(self, record: JobRecord, status: DriverStatus) -> Failure:
+    def lookup(self, record: JobRecord, status: DriverStatus) -> Looked:
         """The failure of ``record``'s driver, which ``status`` (just seen) shows ended."""
         started = time.monotonic()
         found, note = self._read(record, status, started + self.budget_s)
-        failure = _failure(status, found, note)
-        outcome = "no_log" if found is None else "reason" if found.reason else "no_reason"
+        failure = _failure(status, None if found is None else found.info, note)
+        outcome = "no_log" if found is None else "reason" if found.info.reason else "no_reason"
         FAILURE_LOOKUP_SECONDS.labels(record.cluster, outcome).observe(time.monotonic() - started)
-        return failure
+        return Looked(failure, found.app_id if found is not None else None)
 
     def _read(
         self, record: JobRecord, status: DriverStatus, deadline: float
-    ) -> tuple[FailureInfo | None, str | None]:
+    ) -> tuple[Read | None, str | None]:
         cluster = self.clusters.get(record.cluster)
         worker_id = status.worker_id or (None if record.worker is None else record.worker.id)
         if cluster is None or record.submission_id is None or self.budget_s <= 0:
@@ -107,7 +120,7 @@ class FailureLookup:
             found = extract(
                 logs["stdout"], logs["stderr"], tail_bytes=self.tail_bytes, mask=self.mask
             )
-            return found, problem
+            return Read(found, logged_app_id(logs["stderr"])), problem
         except _Spent:
             return None, self._spent()
         except SparkUnavailable as exc:

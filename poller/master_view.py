@@ -9,9 +9,10 @@ another master can never speak for our drivers).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import requests
@@ -26,12 +27,22 @@ from poller.spark import MAX_HOST_CHARS, MAX_STATE_CHARS, MAX_WORKER_ID_CHARS, j
 # 50,000 drivers take about 10 MB: room for many more, not for an endless answer.
 MAX_VIEW_BYTES = 128 * 1024 * 1024
 MAX_URL_CHARS = 1024
+MAX_APP_ID_CHARS = 128
 
 
 @dataclass(frozen=True)
 class WorkerInfo:
     host: str | None
     ui_url: str | None  # the worker's web UI, which serves its drivers' logs
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """An application the master lists (running or completed)."""
+
+    id: str
+    name: str
+    start_ms: int  # epoch ms
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,11 @@ class ClusterView:
     states: dict[str, str]
     placed: dict[str, str] = field(default_factory=dict)
     workers: dict[str, WorkerInfo] = field(default_factory=dict)
-    # When the master took each driver (epoch ms), in a view fetched ``times=True``.
+    # When the master took each driver (epoch ms), and its applications, in a view fetched
+    # ``times=True``; and the web UI it came from.
     submitted_ms: dict[str, int] = field(default_factory=dict)
+    apps: tuple[AppInfo, ...] = ()
+    ui_base: str | None = None
 
     def status(self, submission_id: str) -> DriverStatus | None:
         """The driver's status as this view shows it; None if the view does not list it."""
@@ -111,7 +125,21 @@ def parse_view(
                     start = _epoch_ms(driver.get("starttime"))
                     if start is not None:
                         submitted_ms[driver_id] = start
-    return ClusterView(taken_at, states, placed, workers, submitted_ms)
+    apps = _apps(payload) if times else ()
+    return ClusterView(taken_at, states, placed, workers, submitted_ms, apps)
+
+
+def _apps(payload: dict[str, Any]) -> tuple[AppInfo, ...]:
+    apps: list[AppInfo] = []
+    for key in ("activeapps", "completedapps"):
+        listed = payload.get(key)
+        for app in listed if isinstance(listed, list) else ():
+            if not isinstance(app, dict):
+                continue
+            app_id, name, start = app.get("id"), app.get("name"), _epoch_ms(app.get("starttime"))
+            if isinstance(app_id, str) and isinstance(name, str) and start is not None:
+                apps.append(AppInfo(app_id[:MAX_APP_ID_CHARS], name, start))
+    return tuple(apps)
 
 
 def _epoch_ms(value: object) -> int | None:
@@ -171,7 +199,8 @@ class MasterView:
                 taken_at = time.monotonic()
                 try:
                     payload = self._get(base, timeout_s)
-                    return parse_view(payload, self.masters, taken_at, times)
+                    view = parse_view(payload, self.masters, taken_at, times)
+                    return replace(view, ui_base=base)
                 except SparkUnavailable as exc:
                     failures.append(exc.message)
         finally:
@@ -198,3 +227,39 @@ class MasterView:
             return json.loads(body)
         except ValueError as exc:
             raise SparkUnavailable("the master's /json/ answered with non-JSON") from exc
+
+
+class SharedView:
+    """One cluster's view with every driver's submission time and the applications, at most
+    ``reuse_s`` old, for those that need them now and then (searches, application links):
+    callers at one moment share one fetch, and a failed fetch is not repeated for
+    ``retry_s``."""
+
+    def __init__(
+        self, view: MasterView, timeout_s: float, reuse_s: float = 1.0, retry_s: float = 5.0
+    ) -> None:
+        self.view = view
+        self.timeout_s = timeout_s
+        self.reuse_s = reuse_s
+        self.retry_s = retry_s
+        self._lock = threading.Lock()
+        self._fresh: ClusterView | None = None
+        self._failed: tuple[float, str] | None = None  # when a fetch last failed, and why
+
+    def get(self, timeout_s: float | None = None) -> ClusterView:
+        """Raises SparkUnavailable when no view can be had."""
+        with self._lock:
+            now = time.monotonic()
+            fresh, failed = self._fresh, self._failed
+            if fresh is not None and now - fresh.taken_at <= self.reuse_s:
+                return fresh
+            if failed is not None and now - failed[0] < self.retry_s:
+                raise SparkUnavailable(failed[1])
+            wait = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+            try:
+                fresh = self.view.fetch(timeout_s=wait, times=True)
+            except SparkUnavailable as exc:
+                self._failed = (time.monotonic(), exc.message)
+                raise
+            self._fresh, self._failed = fresh, None
+            return fresh

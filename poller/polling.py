@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from poller.apps import AppLinker
 from poller.errors import (
     DriverTaken,
     LeaseLost,
@@ -41,6 +43,7 @@ from poller.schemas import (
     Fence,
     JobRecord,
     Phase,
+    SparkApp,
 )
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
@@ -158,6 +161,7 @@ class Poller:
         fence: CurrentFence | None = None,
         lookup: FailureLookup | None = None,
         finders: Mapping[str, DriverFinder] | None = None,
+        linkers: Mapping[str, AppLinker] | None = None,
     ) -> None:
         """``fence`` gives the lease this process's scheduled runs decide under (None: they
         decide unfenced, as in a process that is alone by construction)."""
@@ -170,6 +174,7 @@ class Poller:
         self.current_fence = fence
         self.lookup = lookup
         self.finders = finders or {}
+        self.linkers = linkers or {}
         self.locks = RequestLocks()
 
     def lock_for(self, request_id: str) -> contextlib.AbstractContextManager[None]:
@@ -275,8 +280,10 @@ class Poller:
                     status,
                 )
             seen_at = utcnow()
-            failure = self._failure(record, status, fence)
-            return self._fix(record, status.state, status.message, fence, status, failure, seen_at)
+            failure, app = self._why(record, status, fence, seen_at)
+            return self._fix(
+                record, status.state, status.message, fence, status, failure, seen_at, app
+            )
         record = self.store.record_poll(record, status) or self._reload(record.request_id)
         if not status.found:
             if record.phase == Phase.CANCELLING:  # killed and gone (or forgotten): cancelled
@@ -393,16 +400,28 @@ class Poller:
         add_log_context(submission_id=driver)
         return moved
 
-    def _failure(
-        self, record: JobRecord, status: DriverStatus, fence: Fence | None
-    ) -> Failure | None:
-        """Why the driver failed, read within the lookup's budget (before the ending is fixed,
-        so reason and ending land together; a crash or a lost lease meanwhile fixes nothing,
-        and the next run looks again)."""
-        if self.lookup is None or status.state not in LOOKED_UP:
-            return None
-        self._still_leading(record.request_id, fence)  # no log read for a lease lost
-        return self.lookup.lookup(record, status)
+    def _why(
+        self, record: JobRecord, status: DriverStatus, fence: Fence | None, seen_at: datetime
+    ) -> tuple[Failure | None, SparkApp | None]:
+        """Why the driver failed, and which application it ran, looked up within the lookup's
+        budget before the ending is fixed: they land with it, or (a crash, a lost lease
+        meanwhile) nothing does, and the next run looks again."""
+        if self.lookup is None:
+            return None, None
+        self._still_leading(record.request_id, fence)  # nothing read for a lease lost
+        started = time.monotonic()
+        looked = self.lookup.lookup(record, status) if status.state in LOOKED_UP else None
+        linker = self.linkers.get(record.cluster)
+        if linker is None:
+            return None if looked is None else looked.failure, None
+        app = linker.link(
+            record.spark_app_name,
+            record.submitted_at,
+            seen_at,
+            None if looked is None else looked.app_id,
+            max(0.1, self.lookup.budget_s - (time.monotonic() - started)),
+        )
+        return None if looked is None else looked.failure, app
 
     def _kill_unconfirmed(self, record: JobRecord, now: datetime) -> bool:
         requested = record.cancel_requested_at or now
@@ -454,13 +473,14 @@ class Poller:
         seen: DriverStatus | None = None,
         failure: Failure | None = None,
         seen_at: datetime | None = None,
+        app: SparkApp | None = None,
     ) -> JobRecord:
         # Decided from ``record``: a request another process moved on meanwhile (a cancel
         # through a standby) is left as it is, and its next run decides again. Under a fence
         # no longer current (another process leads now), nothing is written.
         # The bound is of endings a poll saw in Spark's answer: not of the service's own.
         bound = self.policy.detection_bound_s if seen is not None else None
-        details = EndDetails(failure=failure, detection_bound_s=bound)
+        details = EndDetails(failure=failure, spark_app=app, detection_bound_s=bound)
         fixed = self.store.complete(
             record.request_id, final_state, message, seen, record.phase, fence, details, seen_at
         )

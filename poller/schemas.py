@@ -273,6 +273,8 @@ class JobRecord(BaseModel):
     # was lost is looked for on the cluster, until when.
     spark_tag: str | None = None
     search_until: datetime | None = None
+    # The spark.app.name its driver was submitted with: how its application is found.
+    spark_app_name: str | None = None
     started_at: datetime | None = None
     worker: Worker | None = None
     spark_app: SparkApp | None = None

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection
 
 from poller import polling
+from poller.apps import AppLinker
 from poller.config import Settings
 from poller.db import create_db_engine
 from poller.errors import ConfigMismatch, PollerError
@@ -28,7 +29,7 @@ from poller.leadership import Leadership, ShardLead
 from poller.lease import Membership, lease_for
 from poller.lookup import ClusterLogs, FailureLookup
 from poller.masking import Masker, secret_values
-from poller.master_view import MasterView
+from poller.master_view import MasterView, SharedView
 from poller.metrics import LEASE_CHANGES, LEASE_HELD, OPEN_PHASES, STORE, StoreSnapshot
 from poller.outbox import Outbox
 from poller.polling import Poller, PollPolicy
@@ -135,6 +136,10 @@ class Service:
             )
             for name, client in self.clusters.items()
         }
+        # The same, with submission times and applications, fetched only when needed.
+        self.shared_views = {
+            name: SharedView(view, settings.spark_timeout_s) for name, view in self.views.items()
+        }
         self.worker_logs = {name: WorkerLogs(name) for name, client in self.clusters.items()}
         lookup = FailureLookup(
             {
@@ -155,9 +160,10 @@ class Service:
             policy,
             fence=self.fence,
             lookup=lookup if settings.failure_lookup_s > 0 else None,
+            linkers={name: AppLinker(view) for name, view in self.shared_views.items()},
             finders={
                 name: DriverFinder(
-                    self.views[name], self.worker_logs[name], settings.spark_timeout_s
+                    self.shared_views[name], self.worker_logs[name], settings.spark_timeout_s
                 )
                 for name in self.clusters
             },

@@ -184,6 +184,7 @@ def _record(row: Any) -> JobRecord:
         traceparent=row.traceparent,
         tracestate=row.tracestate,
         spark_tag=row.spark_tag,
+        spark_app_name=row.spark_app_name,
         search_until=row.search_until,
         started_at=row.started_at,
         worker=None if row.worker_id is None else Worker(id=row.worker_id, host=row.worker_host),

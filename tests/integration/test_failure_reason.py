@@ -8,7 +8,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
@@ -28,7 +28,8 @@ DRIVER_PROPERTIES = {
 @pytest.fixture(scope="module")
 def failing_jobs(jobs_dir: Path) -> Path:
     """The failing drivers, where the session cluster lets them be loaded from."""
-    shutil.copy(DRIVERS / "bad_partition.py", jobs_dir / "bad_partition.py")
+    for name in ("bad_partition.py", "spark_app.py"):
+        shutil.copy(DRIVERS / name, jobs_dir / name)
     with zipfile.ZipFile(jobs_dir / "empty.jar", "w") as jar:  # a jar without the main class
         jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
     return jobs_dir
@@ -113,6 +114,40 @@ def test_an_error_of_the_cluster_carries_sparks_message(
     reason = event.value["failure"]["reason"]
     assert "NoSuchFileException" in reason, event.value["failure"]
     assert str(failing_jobs / "absent.py") in reason
+
+
+# A SparkContext needs 450 MB at least, on the driver and on each executor.
+APP_PROPERTIES = {
+    **DRIVER_PROPERTIES,
+    "spark.driver.memory": "512m",
+    "spark.executor.memory": "512m",
+    "spark.cores.max": "1",
+    "spark.ui.enabled": "false",
+}
+
+
+@pytest.mark.parametrize(("ending", "state"), [("ok", "FINISHED"), ("fail", "FAILED")])
+def test_an_event_names_the_application_the_driver_ran(
+    start_service: ServiceFactory,
+    failing_jobs: Path,
+    events: EventReader,
+    spark: SparkStandalone,
+    ending: str,
+    state: str,
+) -> None:
+    """Linked by the name the driver was submitted with (FINISHED), or by its log (FAILED)."""
+    svc = start_service()
+    request_id = f"spark-app-{ending}"
+    job = {**python_job(failing_jobs / "spark_app.py", ending), "spark_properties": APP_PROPERTIES}
+    submitted(svc, request_id, job)
+    [event] = events.wait_for_keys({request_id}, timeout_s=240)[request_id]
+    assert event.value["state"] == state, event.value
+    apps = cast(list[dict[str, Any]], spark.cluster_state()["completedapps"])
+    [app_id] = [app["id"] for app in apps if app["name"] == request_id]
+    assert event.value["spark_app"] == {
+        "id": app_id,
+        "ui_url": f"{spark.ui_url}/app/?appId={app_id}",
+    }
 
 
 def test_a_finished_driver_has_no_failure(
