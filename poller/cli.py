@@ -223,18 +223,18 @@ def jobs_list(
     url: UrlOption = DEFAULT_URL,
     as_json: JsonOption = False,
 ) -> None:
-    """List tracked requests, oldest first, following the API's pages (next_offset)."""
+    """List tracked requests, oldest first, following the API's pages (next_cursor)."""
     with _api(url) as api:
         listing = api.list_jobs(None if state is None else state.value, None if every else limit)
     if as_json:
         _print_json(
-            {"items": listing.items, "total": listing.total, "next_offset": listing.next_offset}
+            {"items": listing.items, "total": listing.total, "next_cursor": listing.next_cursor}
         )
         return
     if listing.items:
         typer.echo(display.jobs_table(listing.items))
     footer = display.listing_footer(
-        len(listing.items), listing.total, listing.next_offset is not None
+        len(listing.items), listing.total, listing.next_cursor is not None
     )
     typer.echo(footer, err=True)
 

@@ -23,7 +23,7 @@ EXIT_CODES_HELP = (
 )
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 30.0
-# The API's largest page; the listing follows next_offset for more.
+# The API's largest page; the listing follows next_cursor for more.
 MAX_PAGE = 1000
 
 
@@ -42,7 +42,7 @@ class Listing:
 
     items: list[dict[str, Any]]
     total: int | None
-    next_offset: int | None
+    next_cursor: str | None
 
 
 class ApiClient:
@@ -82,27 +82,32 @@ class ApiClient:
         return self._object(self._call("POST", path))
 
     def list_jobs(self, state: str | None, limit: int | None) -> Listing:
-        """Up to ``limit`` records (all of them when None), oldest first, following next_offset
+        """Up to ``limit`` records (all of them when None), oldest first, following next_cursor
         across as many pages as it takes: a page may stop early to stay under 1 MiB."""
         items: list[dict[str, Any]] = []
         total: int | None = None
-        offset: int | None = 0
-        while offset is not None and (limit is None or len(items) < limit):
+        cursor: str | None = None
+        seen: set[str] = set()
+        while limit is None or len(items) < limit:
             want = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(items))
-            params: dict[str, str | int] = {"limit": want, "offset": offset}
+            params: dict[str, str | int] = {"limit": want}
             if state is not None:
                 params["state"] = state
-            asked = offset
+            if cursor is not None:
+                params["cursor"] = cursor
             page = self._object(self._call("GET", "/jobs", params=params))
-            found, offset = page.get("items"), page.get("next_offset")
-            if not isinstance(found, list) or not (offset is None or isinstance(offset, int)):
+            found, cursor = page.get("items"), page.get("next_cursor")
+            if not isinstance(found, list) or not (cursor is None or isinstance(cursor, str)):
                 raise ApiError(f"{self.where} answered a page this client cannot read")
-            if offset is not None and (not found or offset <= asked):
+            if cursor is not None and (not found or cursor in seen):
                 # A page that does not move on would be asked for again and again.
-                raise ApiError(f"{self.where} answered a page that does not move on ({asked})")
+                raise ApiError(f"{self.where} answered a page that does not move on")
             items += found
             total = page["total"] if isinstance(page.get("total"), int) else None
-        return Listing(items, total, offset)
+            if cursor is None:
+                break
+            seen.add(cursor)
+        return Listing(items, total, cursor)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         try:

@@ -92,7 +92,7 @@ def test_jobs_list_show_republish_and_cancel(
     assert listed.code == 0, listed.err
     page = json.loads(listed.out)
     assert [r["request_id"] for r in page["items"]] == ["cli-short", "cli-long"]
-    assert (page["total"], page["next_offset"]) == (2, None)
+    assert (page["total"], page["next_cursor"]) == (2, None)
 
     first = cli("jobs", "list", "--limit", "1", env=client_env)
     assert [row.split()[0] for row in first.lines[1:]] == ["cli-short"]

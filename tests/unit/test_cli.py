@@ -385,31 +385,32 @@ def client_of(answer: Any, token: str | None = None) -> tuple[ApiClient, FakeApi
     return client, fake
 
 
-def test_a_listing_follows_next_offset_across_short_pages() -> None:
+def test_a_listing_follows_next_cursor_across_short_pages() -> None:
     """Pages stop early to stay under 1 MiB: the client keeps going until it has enough."""
     records = [{"request_id": f"r{i}"} for i in range(7)]
 
     def pages(request: requests.PreparedRequest) -> tuple[int, Any]:
         query = dict(part.split("=") for part in str(request.url).split("?")[1].split("&"))
-        offset, limit = int(query["offset"]), int(query["limit"])
-        page = records[offset : offset + min(limit, 2)]  # never more than 2 a page
-        following = offset + len(page) if offset + len(page) < len(records) else None
+        start, limit = int(query.get("cursor", "c0")[1:]), int(query["limit"])
+        page = records[start : start + min(limit, 2)]  # never more than 2 a page
+        following = f"c{start + len(page)}" if start + len(page) < len(records) else None
         return 200, {
             "items": page,
             "total": 7,
             "limit": limit,
-            "offset": offset,
-            "next_offset": following,
+            "offset": 0,
+            "next_offset": None,
+            "next_cursor": following,
         }
 
     client, fake = client_of(pages)
     everything = client.list_jobs(None, None)
     assert [r["request_id"] for r in everything.items] == [f"r{i}" for i in range(7)]
-    assert (everything.total, everything.next_offset) == (7, None)
+    assert (everything.total, everything.next_cursor) == (7, None)
     assert len(fake.calls) == 4
     some = client.list_jobs("RUNNING", 3)
     assert [r["request_id"] for r in some.items] == ["r0", "r1", "r2"]
-    assert some.next_offset == 3
+    assert some.next_cursor == "c3"
     assert "state=RUNNING" in fake.calls[-1]
 
 
@@ -496,14 +497,17 @@ def test_the_viewer_uses_the_producers_security_settings_and_commits_nothing() -
 
 
 def test_a_listing_that_does_not_move_on_stops_with_an_error() -> None:
-    """A server answering the same next_offset (or an empty page with more to come) would keep
+    """A server answering the same next_cursor (or an empty page with more to come) would keep
     ``jobs list --all`` asking, and holding every page, for ever."""
     same = {"items": [{"request_id": "r0"}], "total": None, "limit": 1, "offset": 0}
-    for page in ({**same, "next_offset": 0}, {**same, "items": [], "next_offset": 5}):
+    for page, calls in (
+        ({**same, "next_cursor": "c"}, 2),
+        ({**same, "items": [], "next_cursor": "d"}, 1),
+    ):
         client, fake = client_of(lambda _request, page=page: (200, page))
         with pytest.raises(ApiError, match="does not move on"):
             client.list_jobs(None, None)
-        assert len(fake.calls) == 1
+        assert len(fake.calls) == calls
 
 
 @pytest.mark.parametrize(
