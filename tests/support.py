@@ -308,6 +308,25 @@ def spark_tags(database_url: str) -> dict[str, str | None]:
         engine.dispose()
 
 
+def check_drivers_request(
+    spark: SparkStandalone,
+    request_id: str,
+    event: dict[str, Any],
+    submitted: str | None,
+    tags: dict[str, str | None],
+) -> bool:
+    """The event's driver was made for its request, never another's (one killed before it was
+    launched has no launch command to tell); True when it was found by its tag (the submit's
+    answer was lost), else it is the driver the submit answered with."""
+    tag = driver_tag(spark, event["submission_id"])
+    assert tag in {None, tags[request_id]}, request_id
+    if submitted is None:
+        assert tag == tags[request_id] is not None, request_id
+        return True
+    assert event["submission_id"] == submitted, request_id
+    return False
+
+
 def driver_tag(spark: SparkStandalone, submission_id: str) -> str | None:
     """The ``spark.poller.tag`` in the driver's launch command, read from the worker's own file
     (not through the service): whose request the driver was created for."""

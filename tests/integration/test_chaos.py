@@ -25,8 +25,8 @@ from tests.support import (
     EventReader,
     PatientClient,
     ServiceProcess,
+    check_drivers_request,
     driver_state,
-    driver_tag,
     poll_job_ids,
     spark_tags,
 )
@@ -141,15 +141,8 @@ def _run_chaos(
         if event["state"] == "SUBMIT_UNKNOWN":
             assert event["submission_id"] is None
             continue
-        # Made for this request: never another request's driver (one killed before it was
-        # launched has no launch command to tell).
-        tag = driver_tag(spark, event["submission_id"])
-        assert tag in {None, tags[request_id]}, request_id
-        if submitted[request_id] is None:  # the submit's answer was lost: found by its tag
-            assert tag == tags[request_id] is not None, request_id
+        if check_drivers_request(spark, request_id, event, submitted[request_id], tags):
             counts["found"] += 1
-        else:
-            assert event["submission_id"] == submitted[request_id], request_id
         real = driver_state(spark, event["submission_id"])
         assert real in SPARK_ENDED, f"{request_id}: driver still {real}"
         if event["state"] == "CANCELLED":
