@@ -66,6 +66,7 @@ bench: java postgres deps
 	$(PY) bench/status_check.py
 	$(PY) bench/scaleout.py --per-replica 10000
 	$(PY) bench/history.py --rows 1000000
+	$(PY) bench/failure_lookup.py --drivers 200
 
 # Earlier measurements: event latency on a real cluster, and what durable SQLite commits cost.
 bench-extra: java deps

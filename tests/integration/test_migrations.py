@@ -116,6 +116,17 @@ def _old_row(request_id: str, **changes: Any) -> dict[str, Any]:
     return {**row, **changes}
 
 
+def _in_flight_row(request_id: str) -> dict[str, Any]:
+    return _old_row(
+        request_id,
+        submission_id=DRIVER,
+        phase="polling",
+        state="RUNNING",
+        completed_at=None,
+        published_at=None,
+    )
+
+
 def _rows(engine: sa.Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         result = conn.execute(sa.text("SELECT * FROM poller_requests ORDER BY request_id"))
@@ -195,14 +206,7 @@ def test_a_previous_release_database_keeps_its_rows_and_gains_the_trace_columns(
         engine,
         [
             _old_row("finished"),
-            _old_row(
-                "polling",
-                submission_id=DRIVER,
-                phase="polling",
-                state="RUNNING",
-                completed_at=None,
-                published_at=None,
-            ),
+            _in_flight_row("polling"),
         ],
     )
     rows = _rows(engine)
@@ -289,14 +293,7 @@ def test_a_database_of_the_release_before_run_details_upgrades_and_downgrades_wi
         engine,
         [
             _old_row("done-before"),
-            _old_row(
-                "polling-before",
-                submission_id=DRIVER,
-                phase="polling",
-                state="RUNNING",
-                completed_at=None,
-                published_at=None,
-            ),
+            _in_flight_row("polling-before"),
         ],
     )
     rows = _rows(engine)

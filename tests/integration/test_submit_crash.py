@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +26,26 @@ from tests.support import (
 def slow_create(slow_spark: SlowSpark) -> DelayingProxy:
     """Spark's REST API, but the answer to a create arrives 6 s after Spark acted on it."""
     return slow_spark("/v1/submissions/create", 6)
+
+
+SilentMaster = Callable[[str], ServiceProcess]
+
+
+@pytest.fixture
+def silent_master(start_service: ServiceFactory) -> Iterator[SilentMaster]:
+    """Starts the service on a master that takes every call and never answers, so each create
+    times out after 1 s with the request's search after it lasting ``search_s``."""
+    silent = SilentServer()
+
+    def start(search_s: str) -> ServiceProcess:
+        return start_service(
+            POLLER_SPARK_REST_URL=silent.url,
+            POLLER_SPARK_TIMEOUT_S="1",
+            POLLER_RECOVERY_SEARCH_S=search_s,
+        )
+
+    yield start
+    silent.close()
 
 
 def _submit_in_background(svc: ServiceProcess, body: dict[str, Any]) -> threading.Thread:
@@ -93,23 +114,15 @@ def test_create_that_times_out_is_not_retried(
 
 
 def test_a_create_that_never_reached_spark_ends_unknown_after_the_search(
-    start_service: ServiceFactory, spark: SparkStandalone, job_body: JobBody, events: EventReader
+    silent_master: SilentMaster, spark: SparkStandalone, job_body: JobBody, events: EventReader
 ) -> None:
     """The create went to a master that never answers: no driver carries the request's tag, so
     after the search the request ends SUBMIT_UNKNOWN, saying what was looked at."""
-    silent = SilentServer()
-    try:
-        svc = start_service(
-            POLLER_SPARK_REST_URL=silent.url,
-            POLLER_SPARK_TIMEOUT_S="1",
-            POLLER_RECOVERY_SEARCH_S="3",
-        )
-        drivers_before = driver_ids(spark)
-        answer = svc.post("/submit", json={"request_id": "never-landed", "job": job_body()})
-        assert answer.status_code == 504, answer.text
-        [event] = events.wait_for_keys({"never-landed"})["never-landed"]
-    finally:
-        silent.close()
+    svc = silent_master("3")
+    drivers_before = driver_ids(spark)
+    answer = svc.post("/submit", json={"request_id": "never-landed", "job": job_body()})
+    assert answer.status_code == 504, answer.text
+    [event] = events.wait_for_keys({"never-landed"})["never-landed"]
     assert (event.value["state"], event.value["submission_id"]) == ("SUBMIT_UNKNOWN", None)
     assert "no driver on the cluster carries this request's tag" in event.value["message"]
     assert "not submitted again" in event.value["message"]
@@ -117,25 +130,17 @@ def test_a_create_that_never_reached_spark_ends_unknown_after_the_search(
 
 
 def test_a_request_whose_driver_is_looked_for_can_be_cancelled(
-    start_service: ServiceFactory, job_body: JobBody, events: EventReader
+    silent_master: SilentMaster, job_body: JobBody, events: EventReader
 ) -> None:
-    silent = SilentServer()
-    try:
-        svc = start_service(
-            POLLER_SPARK_REST_URL=silent.url,
-            POLLER_SPARK_TIMEOUT_S="1",
-            POLLER_RECOVERY_SEARCH_S="600",
-        )
-        answer = svc.post("/submit", json={"request_id": "given-up", "job": job_body()})
-        assert answer.status_code == 504, answer.text
-        searching = svc.job("given-up")
-        assert (searching["phase"], searching["state"]) == ("submitting", "SUBMITTING")
-        assert searching["search_until"] is not None
-        gone = svc.delete("/jobs/given-up")
-        assert gone.status_code in {200, 202}, gone.text
-        [event] = events.wait_for_keys({"given-up"})["given-up"]
-    finally:
-        silent.close()
+    svc = silent_master("600")
+    answer = svc.post("/submit", json={"request_id": "given-up", "job": job_body()})
+    assert answer.status_code == 504, answer.text
+    searching = svc.job("given-up")
+    assert (searching["phase"], searching["state"]) == ("submitting", "SUBMITTING")
+    assert searching["search_until"] is not None
+    gone = svc.delete("/jobs/given-up")
+    assert gone.status_code in {200, 202}, gone.text
+    [event] = events.wait_for_keys({"given-up"})["given-up"]
     assert (event.value["state"], event.value["submission_id"]) == ("CANCELLED", None)
     assert "neither tracked nor killed" in event.value["message"]
     record = svc.job("given-up")
