@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from poller.text import printable
+
 REASON_MAX_CHARS = 1000
 FRAME_MAX_CHARS = 512
 SCAN_MAX_CHARS = 256 * 1024
@@ -61,6 +63,10 @@ _LOG_RECORD = re.compile(
     r"(?P<level>TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL)\b"
 )
 _QUIET_LEVELS = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "WARNING"})
+# A launch command the worker wrote, through its closing line of ``=`` and the blank line after.
+_LAUNCH_COMMAND = re.compile(
+    rf"^Launch Command: .*?(?:^{LAUNCH_SEPARATOR}$\n*|\Z)", re.MULTILINE | re.DOTALL
+)
 # The worker's /log endpoint puts this line before the bytes it returns.
 _LOG_ENDPOINT_HEADER = re.compile(r"==== Bytes \d+-\d+ of \d+ of [^\n]* ====\n?")
 # Spark's spark.redaction.regex (plus "credential"), applied to key=value pairs as Spark does:
@@ -149,14 +155,21 @@ def redact(text: str) -> str:
     return _URL_PASSWORD.sub(rf"\g<user>:{REDACTED}@", _KEY_VALUE.sub(hide, text))
 
 
+def from_line_start(text: str, offset: int) -> str:
+    """``text`` read from ``offset`` of its log, less the line it starts inside: past the
+    log's start that may be the launch command, cut before the words that mark it."""
+    if offset <= 0:
+        return text
+    newline = text.find("\n")
+    return "" if newline == -1 else text[newline + 1 :]
+
+
 def _without_launch_command(stderr: str) -> str:
     """The worker writes the driver's launch command (every Spark property it was given, the
-    job's own credentials among them) at the top of stderr, then a line of 40 ``=``: none of
-    it says why the driver failed, and none of it may leave in an event."""
-    head, separator, rest = stderr.partition(LAUNCH_SEPARATOR)
-    if separator and head.startswith("Launch Command:"):
-        return rest.lstrip("\n")
-    return stderr
+    job's own credentials among them) and a line of 40 ``=`` at every launch (again for each
+    relaunch of a supervised driver): none of it says why the driver failed, and none of it
+    may leave in an event. A command with no line after it runs to the end of what was read."""
+    return _LAUNCH_COMMAND.sub("", stderr)
 
 
 def _find_cause(windows: dict[LogSource, list[str]]) -> _Cause | None:
@@ -335,7 +348,7 @@ def _tail(text: str, limit: int) -> str | None:
 
 
 def _mask(text: str, mask: Mask | None) -> str:
-    redacted = redact(text)
+    redacted = printable(redact(text))
     return mask(redacted) if mask is not None else redacted
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from poller.apps import logged_app_id
 from poller.errors import SparkUnavailable
-from poller.failure import FailureInfo, Mask, extract, killed_reason
+from poller.failure import FailureInfo, Mask, extract, from_line_start, killed_reason
 from poller.master_view import ClusterView, MasterView, WorkerInfo
 from poller.metrics import FAILURE_LOOKUP_SECONDS
 from poller.schemas import DriverState, DriverStatus, Failure, JobRecord
@@ -108,9 +108,10 @@ class FailureLookup:
             problem = None
             for log_type in logs:  # stdout first: a Python driver's traceback is there
                 try:
-                    logs[log_type] = cluster.logs.read(
+                    chunk = cluster.logs.read(
                         ui_url, record.submission_id, log_type, READ_BYTES, _left(deadline)
-                    ).text
+                    )
+                    logs[log_type] = from_line_start(chunk.text, chunk.start)
                 except SparkUnavailable as exc:
                     problem = problem or exc.message
                 except _Spent:

@@ -23,11 +23,14 @@ from poller.errors import SparkUnavailable
 from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
 from poller.schemas import DriverState, DriverStatus
 from poller.spark import MAX_HOST_CHARS, MAX_STATE_CHARS, MAX_WORKER_ID_CHARS, jws_token
+from poller.text import printable
 
 # 50,000 drivers take about 10 MB: room for many more, not for an endless answer.
 MAX_VIEW_BYTES = 128 * 1024 * 1024
 MAX_URL_CHARS = 1024
 MAX_APP_ID_CHARS = 128
+MAX_NAME_CHARS = 1024
+MAX_DRIVER_ID_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,11 @@ def parse_view(
                 continue
             driver_id, state = driver.get("id"), driver.get("state")
             if isinstance(driver_id, str) and isinstance(state, str):
-                states[driver_id] = state[:MAX_STATE_CHARS]
+                driver_id = printable(driver_id, MAX_DRIVER_ID_CHARS)
+                states[driver_id] = printable(state, MAX_STATE_CHARS)
                 worker = driver.get("worker")
                 if isinstance(worker, str) and worker != "None":
-                    placed[driver_id] = worker[:MAX_WORKER_ID_CHARS]
+                    placed[driver_id] = printable(worker, MAX_WORKER_ID_CHARS)
                 if times:
                     start = _epoch_ms(driver.get("starttime"))
                     if start is not None:
@@ -138,7 +142,11 @@ def _apps(payload: dict[str, Any]) -> tuple[AppInfo, ...]:
                 continue
             app_id, name, start = app.get("id"), app.get("name"), _epoch_ms(app.get("starttime"))
             if isinstance(app_id, str) and isinstance(name, str) and start is not None:
-                apps.append(AppInfo(app_id[:MAX_APP_ID_CHARS], name, start))
+                apps.append(
+                    AppInfo(
+                        printable(app_id, MAX_APP_ID_CHARS), printable(name, MAX_NAME_CHARS), start
+                    )
+                )
     return tuple(apps)
 
 
@@ -157,9 +165,9 @@ def _workers(listed: object) -> dict[str, WorkerInfo]:
     for worker in listed if isinstance(listed, list) else ():
         if isinstance(worker, dict) and isinstance(worker.get("id"), str):
             host, ui_url = worker.get("host"), worker.get("webuiaddress")
-            workers[worker["id"][:MAX_WORKER_ID_CHARS]] = WorkerInfo(
-                host[:MAX_HOST_CHARS] if isinstance(host, str) else None,
-                ui_url[:MAX_URL_CHARS] if isinstance(ui_url, str) else None,
+            workers[printable(worker["id"], MAX_WORKER_ID_CHARS)] = WorkerInfo(
+                printable(host, MAX_HOST_CHARS) if isinstance(host, str) else None,
+                printable(ui_url, MAX_URL_CHARS) if isinstance(ui_url, str) else None,
             )
     return workers
 

@@ -39,6 +39,7 @@ from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
 from poller.config import ClusterConfig
 from poller.errors import SparkError, SparkRejected, SparkUnavailable
+from poller.failure import redact
 from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
 from poller.schemas import (
     RESERVED_SPARK_PREFIX,
@@ -46,6 +47,7 @@ from poller.schemas import (
     DriverStatus,
     JobSpec,
 )
+from poller.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +173,7 @@ def parse_status(payload: dict[str, Any]) -> DriverStatus:
         raise SparkUnavailable(f"the Spark master is {state}, not ALIVE")
     if payload.get("success") is not True or "driverState" not in payload:
         return DriverStatus(found=False, message=_short(payload.get("message")))
-    raw = str(payload["driverState"])[:MAX_STATE_CHARS]  # stored as is: bounded
+    raw = printable(str(payload["driverState"]), MAX_STATE_CHARS)  # stored as is: bounded
     try:
         state = DriverState(raw)
     except ValueError:
@@ -182,7 +184,7 @@ def parse_status(payload: dict[str, Any]) -> DriverStatus:
         state=state,
         raw_state=raw,
         message=_short(payload.get("message")),
-        worker_id=worker_id[:MAX_WORKER_ID_CHARS] if isinstance(worker_id, str) else None,
+        worker_id=printable(worker_id, MAX_WORKER_ID_CHARS) if isinstance(worker_id, str) else None,
         worker_host=_host(host_port) if isinstance(host_port, str) else None,
     )
 
@@ -190,7 +192,7 @@ def parse_status(payload: dict[str, Any]) -> DriverStatus:
 def _host(host_port: str) -> str | None:
     """The host of Spark's ``host:port`` (an IPv6 literal in brackets loses them)."""
     host = host_port.rpartition(":")[0] or host_port
-    return host.strip("[]")[:MAX_HOST_CHARS] or None
+    return printable(host.strip("[]"), MAX_HOST_CHARS) or None
 
 
 def _short(message: object) -> str | None:
@@ -201,7 +203,7 @@ def _short(message: object) -> str | None:
     if not isinstance(message, str) or not message.strip():
         return None
     text = message.split("\n\t", 1)[0].strip()
-    return text[:MAX_MESSAGE_CHARS]
+    return printable(redact(text), MAX_MESSAGE_CHARS)
 
 
 def _rejection_reason(response: requests.Response) -> str:

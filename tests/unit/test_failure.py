@@ -19,6 +19,7 @@ from poller.failure import (
     SCAN_MAX_CHARS,
     FailureInfo,
     extract,
+    from_line_start,
     killed_reason,
     redact,
 )
@@ -388,3 +389,53 @@ def test_passwords_in_urls_are_masked() -> None:
     assert "se/cret" not in masked
     assert "jdbc:postgresql://etl:" in masked
     assert "http://host:8080/p" in masked
+
+
+LAUNCH = (
+    'Launch Command: "java" "-cp" "/spark/jars/*" "-Dfs.azure.account.key.acct=c2VjcmV0"'
+    ' "-Dspark.poller.tag=0f9c1c57" "org.apache.spark.deploy.worker.DriverWrapper"\n'
+    + "=" * 40
+    + "\n\n"
+)
+
+
+def test_a_relaunched_drivers_launch_commands_never_reach_the_tail() -> None:
+    """With spark.driver.supervise the worker appends a launch command for every launch."""
+    stderr = (
+        LAUNCH
+        + 'Exception in thread "main" java.lang.IllegalStateException: boom\n'
+        + LAUNCH
+        + 'Exception in thread "main" java.lang.IllegalStateException: boom again\n'
+    )
+    found = extract(None, stderr)
+    assert found.reason == "java.lang.IllegalStateException: boom again"
+    assert found.log_tail is not None
+    assert "c2VjcmV0" not in found.log_tail
+    assert "poller.tag" not in found.log_tail
+    assert "Launch Command" not in found.log_tail
+    assert found.log_tail.count("IllegalStateException") == 2
+
+
+def test_a_launch_command_cut_by_the_tail_read_never_reaches_the_tail() -> None:
+    """A log read from past its start can begin inside the launch command's line."""
+    stderr = LAUNCH + 'Exception in thread "main" java.lang.IllegalStateException: boom\n'
+    for start in (5, 40, LAUNCH.index("=" * 40)):
+        read = from_line_start(stderr[start:], start)
+        found = extract(None, read)
+        assert found.reason == "java.lang.IllegalStateException: boom"
+        assert found.log_tail is not None
+        assert "c2VjcmV0" not in found.log_tail, start
+        assert "poller.tag" not in found.log_tail, start
+    assert from_line_start(stderr, 0) == stderr
+
+
+def test_control_characters_of_a_log_are_replaced() -> None:
+    """A driver may print anything; a NUL or a terminal escape stays out of the event."""
+    found = extract(
+        '\x1b[31mTraceback (most recent call last):\n  File "a.py", line 1, in <module>\n'
+        "ValueError: bad\x00 partition\n",
+        None,
+    )
+    assert found.reason == "ValueError: bad\ufffd partition"
+    assert found.log_tail is not None
+    assert "\x00" not in found.log_tail and "\x1b" not in found.log_tail

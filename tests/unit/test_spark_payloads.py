@@ -250,3 +250,23 @@ def test_calls_that_never_left_are_told_apart(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(MAY_HAVE_LANDED))
 def test_calls_that_may_have_landed_are_never_taken_as_unsent(name: str) -> None:
     assert _may_have_landed(MAY_HAVE_LANDED[name])
+
+
+def test_control_characters_and_secrets_in_a_status_never_reach_the_store() -> None:
+    """PostgreSQL refuses a NUL in text: one in an answer would fail every write of the
+    ending. A URL's password in Spark's message is masked like a log's."""
+    status = parse_status(
+        {
+            "success": True,
+            "driverState": "ERR\x00OR",
+            "workerId": "worker-\x00-1",
+            "workerHostPort": "host\x00name:7078",
+            "message": "java.io.IOException: 401 for https://bob:hunter2@repo/app.jar\x00\x1b[1m",
+        }
+    )
+    texts = [status.raw_state, status.worker_id, status.worker_host, status.message]
+    assert all(text is not None for text in texts), texts
+    assert not any(char in text for text in texts for char in "\x00\x1b"), texts  # type: ignore[operator]
+    assert status.message is not None
+    assert "hunter2" not in status.message
+    assert "https://bob:" in status.message

@@ -303,3 +303,23 @@ def test_an_adoption_leaves_the_wake_of_the_poll_tracking_its_driver() -> None:
     view.states["d"] = "FINISHED"
     statuses.status("d")  # again: the view that shows it ended wakes the tracking poll
     assert woken == [["r1"]]
+
+
+def test_control_characters_in_a_view_never_reach_the_store() -> None:
+    payload = view_payload(
+        activedrivers=[{"id": "driver-\x001", "state": "RUN\x00NING", "worker": "w\x00"}],
+        workers=[{"id": "w\x00", "host": "h\x00", "webuiaddress": "http://h:8081"}],
+        activeapps=[{"id": "app-\x00", "name": "n\x00", "starttime": 1}],
+    )
+    view = parse_view(payload, MASTERS, 0.0, times=True)
+    texts = [
+        *view.states,
+        *view.states.values(),
+        *view.placed.values(),
+        *view.workers,
+        *(info.host or "" for info in view.workers.values()),
+        *(app.id for app in view.apps),
+        *(app.name for app in view.apps),
+    ]
+    assert len(texts) == 10
+    assert not any("\x00" in text for text in texts), texts
