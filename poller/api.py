@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated
 
 from anyio import to_thread
@@ -290,6 +291,14 @@ def get_job(request_id: RequestIdPath, svc: ServiceDep) -> JobRecord:
     return svc.jobs.get(request_id)
 
 
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    """``value`` in UTC, as the store keeps times; 422 for one no UTC time can be."""
+    try:
+        return None if value is None else value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(f"{name} is out of range") from None
+
+
 @jobs_router.get("/jobs")
 def list_jobs(
     svc: ServiceDep,
@@ -311,6 +320,7 @@ def list_jobs(
     ``cursor`` (each page's ``next_cursor``); ``offset`` paging is kept for small listings."""
     if cursor is not None and offset:
         raise InvalidRequest("give cursor or offset, not both")
+    since, until = _utc(since, "since"), _utc(until, "until")
     if since is not None and until is not None and since >= until:
         raise InvalidRequest("since must be before until")
     return svc.jobs.list_jobs(JobFilter(state, since, until), limit, offset, cursor)

@@ -11,10 +11,11 @@ import base64
 import binascii
 import hashlib
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 
 from poller.errors import InvalidRequest
-from poller.schemas import JobFilter
+from poller.schemas import REQUEST_ID_PATTERN, JobFilter
 
 MAX_CURSOR_CHARS = 512
 
@@ -50,7 +51,17 @@ def decode(cursor: str, listing: JobFilter) -> tuple[datetime, str]:
         after = datetime.fromisoformat(at)
         if after.tzinfo is None:
             raise ValueError("no time zone")
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError) as exc:
+        after = after.astimezone(UTC)  # OverflowError for a time no UTC time can be
+        if re.match(REQUEST_ID_PATTERN, request_id) is None:
+            raise ValueError("no request_id")
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        OverflowError,
+        binascii.Error,
+        UnicodeDecodeError,
+    ) as exc:
         raise InvalidRequest(
             "cursor is not one this service gave (pass next_cursor as is)"
         ) from exc

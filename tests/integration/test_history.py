@@ -7,9 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from poller import paging
 from poller.db import create_db_engine
 from poller.devstack import wait_for
-from poller.schemas import DriverState, Phase
+from poller.schemas import DriverState, JobFilter, Phase
 from tests.conftest import ServiceFactory
 from tests.support import ServiceProcess, done_rows, fill_requests
 
@@ -71,6 +72,10 @@ def pages_from(svc: ServiceProcess, cursor: str, limit: int) -> list[str]:
     return found
 
 
+# A time with a zone that no UTC time can be: a cursor anyone can forge.
+FAR_PAST = datetime.fromisoformat("0001-01-01T00:00:00+05:00")
+
+
 def test_a_cursor_is_good_for_its_own_filter_only(
     start_service: ServiceFactory, database_url: str
 ) -> None:
@@ -88,6 +93,10 @@ def test_a_cursor_is_good_for_its_own_filter_only(
         ({"since": DAY.isoformat(), "until": DAY.isoformat()}, "since must be before until"),
         ({"since": "2026-11-01T00:00:00"}, "timezone"),
         ({"until": "yesterday"}, "until"),
+        ({"since": "0001-01-01T00:00:00+05:00"}, "since is out of range"),
+        ({"until": "9999-12-31T23:00:00-05:00"}, "until is out of range"),
+        ({"cursor": paging.encode((FAR_PAST, "c-00001"), JobFilter())}, "not one this service"),
+        ({"cursor": paging.encode((DAY, "c-\x00"), JobFilter())}, "not one this service gave"),
     ]:
         answer = svc.get("/jobs", params=params)
         assert answer.status_code == 422, (params, answer.text)

@@ -438,4 +438,5 @@ def test_control_characters_of_a_log_are_replaced() -> None:
     )
     assert found.reason == "ValueError: bad\ufffd partition"
     assert found.log_tail is not None
-    assert "\x00" not in found.log_tail and "\x1b" not in found.log_tail
+    assert "\x00" not in found.log_tail
+    assert "\x1b" not in found.log_tail
