@@ -269,9 +269,9 @@ class JobRecord(BaseModel):
     event_id: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
-    # The spark.poller.tag its create carried, and, while the driver of a create whose answer
-    # was lost is looked for on the cluster, until when.
-    spark_tag: str | None = None
+    # The spark.poller.tag its create carried (never shown: whoever knew it while the driver of
+    # a lost create answer is looked for could plant a driver carrying it), and until when.
+    spark_tag: str | None = Field(default=None, exclude=True)
     search_until: datetime | None = None
     # The spark.app.name its driver was submitted with: how its application is found.
     spark_app_name: str | None = None

@@ -167,6 +167,8 @@ def test_generated_request_id_and_listing(start_service: ServiceFactory, job_bod
     listed = svc.get("/jobs", params={"limit": 10}).json()
     assert [item["request_id"] for item in listed["items"]] == [request_id]
     assert listed["total"] == 1
+    assert "spark_tag" not in record
+    assert "spark_tag" not in listed["items"][0]
     assert svc.get("/jobs", params={"state": "FINISHED"}).json()["items"] == []
     assert svc.get("/jobs/nope").status_code == 404
     assert svc.delete(f"/jobs/{request_id}", params={"kill": "true"}).status_code == 200
