@@ -1,8 +1,8 @@
 """Which Spark application a driver ran. The master's view lists drivers and applications but
 nothing that links the two; the driver's log does ("Connected to Spark cluster with app ID"),
-when it was read. Otherwise an application is the driver's when its name is the
-``spark.app.name`` the driver was submitted with and it started while the driver ran, and it is
-the only one that does: never a guess between two.
+when it was read. Otherwise an application is the driver's when its name is the one the service
+gave the driver (its request_id; a name the job chose may be another's too), it started while
+the driver ran, and it is the only one that does: never a guess between two.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from poller.errors import SparkUnavailable
 from poller.master_view import ClusterView, SharedView
-from poller.schemas import SparkApp
+from poller.schemas import JobRecord, SparkApp
 
 # The master's and the driver's clocks against ours.
 CLOCK_SKEW_MS = 60_000
@@ -48,14 +48,14 @@ class AppLinker:
         self.view = view
 
     def link(
-        self,
-        name: str | None,
-        since: datetime,
-        until: datetime,
-        logged_id: str | None,
-        timeout_s: float,
+        self, record: JobRecord, until: datetime, logged_id: str | None, timeout_s: float
     ) -> SparkApp | None:
-        if name is None and logged_id is None:  # an adopted driver whose log was not read
+        """The application of ``record``'s driver, which ended by ``until``."""
+        # Only the name the service gave (the request_id) is this request's alone: a name the
+        # job chose may be another's, whose application would be the one of a driver that
+        # failed before it made its own.
+        name = record.spark_app_name if record.spark_app_name == record.request_id else None
+        if name is None and logged_id is None:
             return None
         try:
             view: ClusterView | None = self.view.get(timeout_s)
@@ -66,4 +66,4 @@ class AppLinker:
             return SparkApp(id=logged_id, ui_url=app_page(base, logged_id))
         if view is None or name is None:
             return None
-        return matching_app(view, name, since, until)
+        return matching_app(view, name, record.submitted_at, until)

@@ -415,8 +415,7 @@ class Poller:
         if linker is None:
             return None if looked is None else looked.failure, None
         app = linker.link(
-            record.spark_app_name,
-            record.submitted_at,
+            record,
             seen_at,
             None if looked is None else looked.app_id,
             max(0.1, self.lookup.budget_s - (time.monotonic() - started)),
