@@ -5,7 +5,9 @@ Spark properties; they reach the driver's launch command, which the worker write
 line of the driver's stderr, each argument quoted. A search lists the master's drivers submitted
 while the create could have reached the master, and reads the launch command of each one that
 has a worker. Drivers still waiting for a worker (or whose log cannot be read yet) are looked at
-again by the next search; a driver's tag never changes, so each is read once.
+again by the next search; a driver's tag never changes, so each is read once. A search ends
+without a match only once every live driver of its window was read: ended ones that cannot be
+(killed while queued, or on a worker that left) are tried while it lasts, not waited for.
 """
 
 from __future__ import annotations
@@ -45,12 +47,16 @@ class Found:
     unreadable: int = 0  # placed, but their launch command could not be read (yet)
     redacted: int = 0  # Spark hid the tag (a spark.redaction.regex that matches it)
     silent: int = 0  # ended without a launch command to read (killed or failed before it)
+    # Ended, on a worker that left or does not answer: tried by every search while it lasts,
+    # not waited for past its end (an ended driver is no longer running on the cluster).
+    gone: int = 0
     problem: str | None = None
 
     def summary(self) -> str:
         said = (
             f"{self.read} driver(s) of the window read, {self.waiting} waiting for a worker, "
             f"{self.unreadable} unreadable, {self.silent} ended without a launch command, "
+            f"{self.gone} ended on a worker that could not be read, "
             f"{self.redacted} with the tag redacted by Spark"
         )
         return said if self.problem is None else f"{said}; {self.problem}"
@@ -103,9 +109,13 @@ class DriverFinder:
             with self._lock:
                 known, seen = driver_id in self._tags, self._tags.get(driver_id)
             if not known:
+                ended = view_state(view.states[driver_id]).terminal
                 worker_id = view.placed.get(driver_id)
                 if worker_id is None:
-                    found.waiting += 1
+                    if ended:
+                        found.silent += 1  # ended before it ran: it never had a command
+                    else:
+                        found.waiting += 1
                     continue
                 if reads >= READS_PER_SEARCH or time.monotonic() > deadline:
                     found.unreadable += 1
@@ -114,14 +124,17 @@ class DriverFinder:
                 try:
                     seen = self._read_tag(view, driver_id, worker_id, deadline)
                 except (NoLaunchCommand, NoSuchLog):
-                    if view_state(view.states[driver_id]).terminal:
+                    if ended:
                         found.silent += 1  # it never will have one: it cannot tell
                     else:
                         found.unreadable += 1
                     continue
                 except SparkUnavailable as exc:
-                    found.unreadable += 1
-                    found.problem = found.problem or exc.message
+                    if ended:  # its worker left or does not answer: tried again next search
+                        found.gone += 1
+                    else:
+                        found.unreadable += 1
+                        found.problem = found.problem or exc.message
                     continue
                 with self._lock:
                     self._tags[driver_id] = seen
