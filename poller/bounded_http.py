@@ -4,14 +4,86 @@ nor hold a poll thread with a trickle."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from poller.errors import SparkUnavailable
 
 CHUNK_BYTES = 1024 * 1024
+_Answer = TypeVar("_Answer")
+# The deadline of the bounded GET under way on this thread, for the connection it goes over.
+_call = threading.local()
+
+
+def _by_deadline(conn: HTTPConnection, respond: Callable[[], _Answer]) -> _Answer:
+    """``respond()`` (the status line and headers), its socket shut at the call's deadline: a
+    server that sends a header byte within every read timeout is cut off, not waited out."""
+    deadline: float | None = getattr(_call, "deadline", None)
+    if deadline is None:
+        return respond()
+
+    cut_off = threading.Event()
+
+    def cut() -> None:
+        cut_off.set()
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        answer = respond()
+    finally:
+        timer.cancel()
+    if cut_off.is_set():  # what came before the cut may parse as a whole answer: it is not
+        raise TimeoutError("no answer by the deadline")
+    return answer
+
+
+class _HTTPConnection(HTTPConnection):
+    def getresponse(self) -> Any:
+        return _by_deadline(self, super().getresponse)
+
+
+class _HTTPSConnection(HTTPSConnection):
+    def getresponse(self) -> Any:
+        return _by_deadline(self, super().getresponse)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _BoundedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def bounded_session() -> requests.Session:
+    """A session for get_bounded: its connections answer by the call's deadline."""
+    session = requests.Session()
+    adapter = _BoundedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def get_bounded(
@@ -27,8 +99,10 @@ def get_bounded(
 ) -> bytes:
     """The body of a 200 answer; raises SparkUnavailable naming ``what`` otherwise.
 
-    ``timeout_s`` bounds the connect and each read; ``total_s`` the whole answer."""
+    ``timeout_s`` bounds the connect and each read; ``total_s`` the whole answer (the headers
+    too, over a ``bounded_session``)."""
     deadline = time.monotonic() + total_s
+    _call.deadline = deadline
     try:
         with session.get(
             url, headers=headers, timeout=timeout_s, stream=True, allow_redirects=redirects
@@ -48,5 +122,9 @@ def get_bounded(
                 if time.monotonic() > deadline:
                     raise SparkUnavailable(f"{what} answer is too slow")
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        if time.monotonic() > deadline:
+            raise SparkUnavailable(f"{what} answer is too slow") from exc
         raise SparkUnavailable(f"{what} is unreachable: {type(exc).__name__}") from exc
+    finally:
+        _call.deadline = None
     return bytes(body)

@@ -15,9 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import requests
-
-from poller.bounded_http import get_bounded
+from poller.bounded_http import bounded_session, get_bounded
 from poller.config import ClusterConfig
 from poller.errors import SparkUnavailable
 from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
@@ -188,7 +186,7 @@ class MasterView:
         self.alive_master = alive_master
         self.bases = cluster.ui_bases
         self.masters = None if cluster.ui_url is not None else cluster.master_addresses
-        self._session = requests.Session()
+        self._session = bounded_session()
 
     def close(self) -> None:
         self._session.close()

@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from poller.bounded_http import get_bounded
+from poller.bounded_http import bounded_session, get_bounded
 from poller.errors import SparkUnavailable
 from poller.metrics import SPARK_CALL_ERRORS, SPARK_CALL_SECONDS
 
@@ -51,7 +51,7 @@ class WorkerLogs:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._session = requests.Session()
+        self._session = bounded_session()
         self._session.trust_env = False
         self._lock = threading.Lock()
         self._quiet_until: dict[str, float] = {}

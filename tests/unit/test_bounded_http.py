@@ -8,9 +8,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import requests
 
-from poller.bounded_http import get_bounded
+from poller.bounded_http import bounded_session, get_bounded
 from poller.errors import SparkUnavailable
 
 
@@ -41,7 +40,7 @@ def server() -> Iterator[tuple[str, list[bytes]]]:
 
 def get(url: str, max_bytes: int = 1_000_000) -> bytes:
     return get_bounded(
-        requests.Session(),
+        bounded_session(),
         url,
         what="w",
         headers={},
@@ -58,6 +57,35 @@ def test_a_trickle_is_cut_at_the_deadline(server: tuple[str, list[bytes]]) -> No
     with pytest.raises(SparkUnavailable, match="too slow"):
         get(url)
     assert time.monotonic() - started < 2.5  # the deadline plus one read's timeout at most
+
+
+def test_headers_that_trickle_are_cut_at_the_deadline(server: tuple[str, list[bytes]]) -> None:
+    """Each byte within the read timeout, the status line and headers never ending."""
+    url, parts = server
+    parts += [b"HTTP/1.1 200 OK\r\nX-Slow: "] + [b"a", b""] * 50
+    started = time.monotonic()
+    with pytest.raises(SparkUnavailable):
+        get(url)
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_kept_connection_is_cut_at_the_deadline_too(server: tuple[str, list[bytes]]) -> None:
+    """The second call of a session goes over the first one's connection."""
+    url, parts = server
+    body = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    parts += [body, b"", b"HTTP/1.1 200 OK\r\nX-Slow: "] + [b"a", b""] * 50
+    session = bounded_session()
+
+    def call() -> bytes:
+        return get_bounded(
+            session, url, what="w", headers={}, timeout_s=1.0, max_bytes=100, total_s=1.0
+        )
+
+    assert call() == b"ok"
+    started = time.monotonic()
+    with pytest.raises(SparkUnavailable):
+        call()
+    assert time.monotonic() - started < 2.5
 
 
 def test_an_answer_over_the_size_is_refused(server: tuple[str, list[bytes]]) -> None:
