@@ -238,8 +238,8 @@ class MasterView:
 class SharedView:
     """One cluster's view with every driver's submission time and the applications, at most
     ``reuse_s`` old, for those that need them now and then (searches, application links):
-    callers at one moment share one fetch, and a failed fetch is not repeated for
-    ``retry_s``."""
+    callers at one moment share one fetch (those that asked while it ran take its result, or
+    its failure, however long it took), and a failed fetch is not repeated for ``retry_s``."""
 
     def __init__(
         self, view: MasterView, timeout_s: float, reuse_s: float = 1.0, retry_s: float = 5.0
@@ -250,22 +250,34 @@ class SharedView:
         self.retry_s = retry_s
         self._lock = threading.Lock()
         self._fresh: ClusterView | None = None
+        self._fetched_at = 0.0  # when the last fetch that worked ended
         self._failed: tuple[float, str] | None = None  # when a fetch last failed, and why
 
     def get(self, timeout_s: float | None = None) -> ClusterView:
-        """Raises SparkUnavailable when no view can be had."""
-        with self._lock:
+        """Raises SparkUnavailable when no view can be had within ``timeout_s`` (at most the
+        cluster's Spark timeout)."""
+        asked = time.monotonic()
+        wait = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        if not self._lock.acquire(timeout=max(0.0, wait)):
+            raise SparkUnavailable(f"the master's view was not fetched within {wait:g}s")
+        try:
             now = time.monotonic()
             fresh, failed = self._fresh, self._failed
-            if fresh is not None and now - fresh.taken_at <= self.reuse_s:
+            if fresh is not None and (
+                self._fetched_at >= asked or now - self._fetched_at <= self.reuse_s
+            ):
                 return fresh
-            if failed is not None and now - failed[0] < self.retry_s:
+            if failed is not None and (failed[0] >= asked or now - failed[0] < self.retry_s):
                 raise SparkUnavailable(failed[1])
-            wait = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+            left = wait - (now - asked)
+            if left <= 0:
+                raise SparkUnavailable(f"the master's view was not fetched within {wait:g}s")
             try:
-                fresh = self.view.fetch(timeout_s=wait, times=True)
+                fresh = self.view.fetch(timeout_s=left, times=True)
             except SparkUnavailable as exc:
                 self._failed = (time.monotonic(), exc.message)
                 raise
-            self._fresh, self._failed = fresh, None
+            self._fresh, self._fetched_at, self._failed = fresh, time.monotonic(), None
             return fresh
+        finally:
+            self._lock.release()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import pytest
 
 from poller.config import ClusterConfig
+from poller.devstack import wait_for
 from poller.errors import SparkUnavailable
-from poller.master_view import ClusterView, MasterView, parse_view
+from poller.master_view import ClusterView, MasterView, SharedView, parse_view
 from poller.schemas import DriverState, DriverStatus
 from poller.spark import SparkClient
 from poller.status_source import StatusSource
@@ -323,3 +325,39 @@ def test_control_characters_in_a_view_never_reach_the_store() -> None:
     ]
     assert len(texts) == 10
     assert not any("\x00" in text for text in texts), texts
+
+
+class _SlowView:
+    """A master whose /json/ takes ``seconds`` to answer; counts the fetches."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fetches = 0
+
+    def fetch(self, timeout_s: float | None = None, times: bool = False) -> ClusterView:  # noqa: ARG002
+        self.fetches += 1
+        time.sleep(self.seconds)
+        return ClusterView(time.monotonic() - self.seconds, {"driver-1": "RUNNING"})
+
+
+def test_callers_of_a_shared_view_at_one_moment_share_one_fetch() -> None:
+    """A fetch slower than the reuse time still answers every caller that waited on it."""
+    master = _SlowView(1.2)
+    shared = SharedView(cast(MasterView, master), timeout_s=10.0, reuse_s=1.0)
+    with ThreadPoolExecutor(4) as pool:
+        views = list(pool.map(lambda _: shared.get(), range(4)))
+    assert master.fetches == 1
+    assert all(view is views[0] for view in views)
+
+
+def test_a_caller_of_a_shared_view_waits_no_longer_than_it_asked() -> None:
+    master = _SlowView(1.0)
+    shared = SharedView(cast(MasterView, master), timeout_s=10.0)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(shared.get)
+        wait_for(lambda: master.fetches == 1, 5, "the first fetch")
+        started = time.monotonic()
+        with pytest.raises(SparkUnavailable):
+            shared.get(0.2)
+        assert time.monotonic() - started < 0.8
+        first.result()
