@@ -427,14 +427,16 @@ class Jobs:
             if record is None:
                 raise RequestNotFound(f"no request {request_id!r}")
             add_log_context(submission_id=record.submission_id, cluster=record.cluster)
+            if kill and record.phase == Phase.SUBMITTING and record.search_until is not None:
+                record = self.poller.search_now(record)  # found: tracked, then killed below
             if record.phase == Phase.SUBMITTING and record.search_until is not None:
-                # Its driver, if its create made one, is not known: nothing to kill yet.
+                looked = "; none carrying its tag was found to kill" if kill else ""
                 fixed = self.store.complete(
                     request_id,
                     DriverState.CANCELLED,
                     "cancelled by request while the driver of its create (whose answer was "
-                    "lost) was looked for: a driver it made, if any, is neither tracked nor "
-                    "killed",
+                    f"lost) was looked for{looked}: a driver it made, if any, is neither "
+                    "tracked nor killed",
                     phase=Phase.SUBMITTING,
                 )
                 if fixed is None:  # found meanwhile, by another process's search

@@ -27,6 +27,8 @@ from poller.text import printable
 MAX_VIEW_BYTES = 128 * 1024 * 1024
 MAX_URL_CHARS = 1024
 MAX_APP_ID_CHARS = 128
+# How long a shared view's failed fetch answers for it (the master is not asked again).
+SHARED_VIEW_RETRY_S = 5.0
 MAX_NAME_CHARS = 1024
 MAX_DRIVER_ID_CHARS = 128
 
@@ -242,7 +244,11 @@ class SharedView:
     its failure, however long it took), and a failed fetch is not repeated for ``retry_s``."""
 
     def __init__(
-        self, view: MasterView, timeout_s: float, reuse_s: float = 1.0, retry_s: float = 5.0
+        self,
+        view: MasterView,
+        timeout_s: float,
+        reuse_s: float = 1.0,
+        retry_s: float = SHARED_VIEW_RETRY_S,
     ) -> None:
         self.view = view
         self.timeout_s = timeout_s

@@ -30,7 +30,7 @@ from poller.errors import (
     StoreUnavailable,
     UnknownCluster,
 )
-from poller.finder import DriverFinder
+from poller.finder import DriverFinder, Found
 from poller.logs import add_log_context, current_log_context, log_scope
 from poller.lookup import LOOKED_UP, FailureLookup
 from poller.metrics import POLL_ERRORS, POLLS
@@ -345,10 +345,7 @@ class Poller:
         if record.spark_tag is None:  # a create of a release that did not tag them
             why = "its create carried no tag to find the driver by; it was not submitted again"
             return self._fix(record, DriverState.SUBMIT_UNKNOWN, f"{asked}; {why}", fence)
-        # The master took the create, if at all, while the call could last.
-        since = record.submitted_at
-        until = since + timedelta(seconds=self.policy.create_window_s)
-        found = finder.find(record.spark_tag, _epoch_ms(since), _epoch_ms(until))
+        found = self._find(finder, record.spark_tag, record.submitted_at)
         if found.driver is not None:
             return self._adopt_found(record, found.driver, fence)
         now = utcnow()
@@ -373,6 +370,20 @@ class Poller:
             )
             return record
         return self._fix(record, DriverState.SUBMIT_UNKNOWN, f"{asked}; {why}", fence)
+
+    def search_now(self, record: JobRecord) -> JobRecord:
+        """One search for the driver of ``record`` (whose create's answer was lost), tracking
+        it if found: a cancel that kills needs it now, not at the next search."""
+        finder = self.finders.get(record.cluster)
+        if finder is None or record.spark_tag is None or record.search_until is None:
+            return record
+        found = self._find(finder, record.spark_tag, record.submitted_at)
+        return record if found.driver is None else self._adopt_found(record, found.driver, None)
+
+    def _find(self, finder: DriverFinder, tag: str, submitted_at: datetime) -> Found:
+        # The master took the create, if at all, while the call could last.
+        until = submitted_at + timedelta(seconds=self.policy.create_window_s)
+        return finder.find(tag, _epoch_ms(submitted_at), _epoch_ms(until))
 
     def _adopt_found(self, record: JobRecord, driver: str, fence: Fence | None) -> JobRecord:
         """Track the driver found. Unfenced, as a submit's own write is: whoever writes it,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,12 +12,14 @@ import pytest
 import requests
 
 from poller.devstack import Postgres, SparkStandalone, wait_for
+from poller.master_view import SHARED_VIEW_RETRY_S
 from tests.conftest import JobBody, ServiceFactory, SlowSpark
 from tests.support import (
     DelayingProxy,
     EventReader,
     ServiceProcess,
     SilentServer,
+    ViewProxy,
     driver_ids,
     driver_state,
 )
@@ -145,6 +148,45 @@ def test_a_request_whose_driver_is_looked_for_can_be_cancelled(
     assert "neither tracked nor killed" in event.value["message"]
     record = svc.job("given-up")
     assert (record["phase"], record["search_until"]) == ("done", None)
+
+
+def test_a_cancel_that_kills_finds_the_driver_being_looked_for_and_kills_it(
+    start_service: ServiceFactory,
+    slow_create: DelayingProxy,
+    spark: SparkStandalone,
+    job_body: JobBody,
+    events: EventReader,
+) -> None:
+    """The create's answer was lost and the one search so far could not see the driver (the
+    master's view was down): a cancel with kill looks there and then, and kills it."""
+    view = ViewProxy(spark.ui_url)
+    view.mode = "broken"
+    try:
+        svc = start_service(
+            POLLER_SPARK_REST_URL=slow_create.url,
+            POLLER_SPARK_UI_URL=view.url,
+            POLLER_SPARK_TIMEOUT_S="2",
+            POLLER_POLL_INTERVAL_SECONDS="600",  # no second search before the cancel
+            POLLER_RECOVERY_SEARCH_S="600",
+        )
+        drivers_before = driver_ids(spark)
+        answer = svc.post("/submit", json={"request_id": "kill-found", "job": job_body(300)})
+        assert answer.status_code == 504, answer.text
+        wait_for(lambda: "looking for the driver of kill-found" in svc.logs(), 30, "a search")
+        failed_at = time.monotonic()
+        [driver] = driver_ids(spark) - drivers_before
+        wait_for(lambda: driver_state(spark, driver) == "RUNNING", 60, "the driver to run")
+        view.mode = None
+        # The failed view answers for the searches until its retry time has passed.
+        wait_for(lambda: time.monotonic() > failed_at + SHARED_VIEW_RETRY_S, 30, "retry time")
+        gone = svc.delete("/jobs/kill-found", params={"kill": "true"})
+        assert gone.status_code in {200, 202}, gone.text
+        [event] = events.wait_for_keys({"kill-found"})["kill-found"]
+    finally:
+        view.close()
+    assert (event.value["state"], event.value["submission_id"]) == ("CANCELLED", driver)
+    assert "kill accepted" in event.value["message"], event.value
+    wait_for(lambda: driver_state(spark, driver) == "KILLED", 30, "Spark to kill the driver")
 
 
 def test_database_lost_while_spark_creates_the_driver(
