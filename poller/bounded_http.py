@@ -16,6 +16,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.retry import Retry
 
 from poller.errors import SparkUnavailable
 
@@ -78,9 +79,12 @@ class _BoundedAdapter(HTTPAdapter):
 
 
 def bounded_session() -> requests.Session:
-    """A session for get_bounded: its connections answer by the call's deadline."""
+    """A session for get_bounded: its connections answer by the call's deadline, and a GET
+    that meets the server closing a kept connection (as it may once idle) is sent once more."""
     session = requests.Session()
-    adapter = _BoundedAdapter()
+    adapter = _BoundedAdapter(
+        max_retries=Retry(total=1, connect=0, redirect=False, status=0, other=0)
+    )
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
