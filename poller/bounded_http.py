@@ -126,8 +126,10 @@ def get_bounded(
                 if time.monotonic() > deadline:
                     raise SparkUnavailable(f"{what} answer is too slow")
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-        if time.monotonic() > deadline:
-            raise SparkUnavailable(f"{what} answer is too slow") from exc
+        if time.monotonic() >= deadline:
+            # Cut by the caller's budget (whatever requests calls it once retried): it says
+            # nothing of whether the server can be reached.
+            raise SparkUnavailable(f"{what} answer is too slow") from None
         raise SparkUnavailable(f"{what} is unreachable: {type(exc).__name__}") from exc
     finally:
         _call.deadline = None

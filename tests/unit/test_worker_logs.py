@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 
 from poller.errors import SparkUnavailable
-from poller.worker_logs import _base, parse_log
+from poller.worker_logs import WorkerLogs, _base, parse_log
 
 LOGS = Path(__file__).parent / "data" / "spark_logs"
 
@@ -53,3 +56,28 @@ def test_a_worker_address_that_is_not_http_is_never_read(address: str) -> None:
     with pytest.raises(SparkUnavailable, match="not an http") as refused:
         _base(address)
     assert "secret" not in refused.value.message
+
+
+def test_a_worker_cut_off_by_the_budget_is_read_again_next_time() -> None:
+    """Only a worker that cannot be reached is left alone for a while: one that is slow to
+    answer a read says nothing of the next."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:  # takes every connection, answers none
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=serve, daemon=True).start()
+    logs = WorkerLogs("test")
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        for _ in range(2):
+            with pytest.raises(SparkUnavailable, match="too slow"):
+                logs.read(url, "driver-20261206120000-0001", "stderr", 1000, 0.3)
+    finally:
+        logs.close()
+        listener.close()
+        for conn in accepted:
+            conn.close()
