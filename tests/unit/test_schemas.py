@@ -49,12 +49,15 @@ def test_shipped_json_schema_matches_the_model() -> None:
     assert json.loads(SCHEMA_FILE.read_text()) == event_json_schema()
 
 
-def test_the_readme_example_event_matches_the_shipped_schema() -> None:
-    """The README's event is one a consumer can expect: every field declared, of this version."""
+def test_the_readme_example_events_match_the_shipped_schema() -> None:
+    """The README's events are ones a consumer can expect: every field declared, of this
+    version."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("\n## The completion event\n", 1)[1]
-    [example] = re.findall(r"```json\n(.*?)```", section.split("\n## ", 1)[0], flags=re.DOTALL)
-    check_event(json.loads(example))
+    examples = re.findall(r"```json\n(.*?)```", section.split("\n## ", 1)[0], flags=re.DOTALL)
+    assert len(examples) == 2  # FINISHED and FAILED
+    for example in examples:
+        check_event(json.loads(example))
 
 
 def test_an_undeclared_field_or_an_old_version_fails_the_check() -> None:
