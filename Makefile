@@ -56,7 +56,7 @@ lint: deps
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# The performance suite behind bench/RESULTS.md, each figure beside its baseline: ~21 minutes.
+# The performance suite behind bench/RESULTS.md, each figure beside its baseline: ~27 minutes.
 bench: java postgres deps
 	$(PY) bench/capacity.py --drivers 10000 --measure 20
 	$(PY) bench/capacity.py --drivers 50000 --measure 20 --only view,noop
