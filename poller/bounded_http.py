@@ -9,13 +9,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from poller.errors import SparkUnavailable
@@ -34,24 +35,63 @@ def _by_deadline(conn: HTTPConnection, respond: Callable[[], _Answer]) -> _Answe
         return respond()
 
     cut_off = threading.Event()
+    guard = threading.Lock()
+    answered = False
 
     def cut() -> None:
-        cut_off.set()
-        sock = conn.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        with guard:  # never once the caller has its answer: the connection may be reused
+            if answered:
+                return
+            cut_off.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    # The plain socket's: an SSLSocket's own shutdown drops its TLS state
+                    # under a reader in another thread.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
     timer.daemon = True
     timer.start()
     try:
-        answer = respond()
-    finally:
-        timer.cancel()
+        try:
+            answer = respond()
+        finally:
+            timer.cancel()
+            with guard:
+                answered = True
+    except Exception as exc:
+        if cut_off.is_set():  # the cut, however the reader took it (an end, a reset)
+            raise TimeoutError("no answer by the deadline") from exc
+        raise
     if cut_off.is_set():  # what came before the cut may parse as a whole answer: it is not
         raise TimeoutError("no answer by the deadline")
     return answer
+
+
+class _OnceIfDropped(Retry):
+    """Sends a GET again, once, when the server dropped the connection under it (as a server
+    may close a kept connection once idle); never after a timeout or past the deadline."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> Self:
+        deadline: float | None = getattr(_call, "deadline", None)
+        if error is None:
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+        read_error = isinstance(error, ProtocolError | ReadTimeoutError)
+        dropped = isinstance(error, ProtocolError)
+        if dropped and (deadline is None or time.monotonic() < deadline):
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+        if read_error:  # as requests' own no-retry policy gives them up
+            raise error
+        raise MaxRetryError(_pool, url or "", error) from error
 
 
 class _HTTPConnection(HTTPConnection):
@@ -82,9 +122,7 @@ def bounded_session() -> requests.Session:
     """A session for get_bounded: its connections answer by the call's deadline, and a GET
     that meets the server closing a kept connection (as it may once idle) is sent once more."""
     session = requests.Session()
-    adapter = _BoundedAdapter(
-        max_retries=Retry(total=1, connect=0, redirect=False, status=0, other=0)
-    )
+    adapter = _BoundedAdapter(max_retries=_OnceIfDropped(total=1, redirect=False))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -125,11 +163,11 @@ def get_bounded(
                     raise SparkUnavailable(f"{what} answer is too large")
                 if time.monotonic() > deadline:
                     raise SparkUnavailable(f"{what} answer is too slow")
+    except (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
+        # Cut by a read's timeout or the deadline: it says nothing of whether the server can
+        # be reached (a worker is left alone only for that).
+        raise SparkUnavailable(f"{what} answer is too slow") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-        if time.monotonic() >= deadline:
-            # Cut by the caller's budget (whatever requests calls it once retried): it says
-            # nothing of whether the server can be reached.
-            raise SparkUnavailable(f"{what} answer is too slow") from None
         raise SparkUnavailable(f"{what} is unreachable: {type(exc).__name__}") from exc
     finally:
         _call.deadline = None

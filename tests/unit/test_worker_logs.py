@@ -76,8 +76,37 @@ def test_a_worker_cut_off_by_the_budget_is_read_again_next_time() -> None:
         for _ in range(2):
             with pytest.raises(SparkUnavailable, match="too slow"):
                 logs.read(url, "driver-20261206120000-0001", "stderr", 1000, 0.3)
+        assert len(accepted) == 2  # one request each: a read that timed out is not sent again
     finally:
         logs.close()
         listener.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_worker_that_cannot_be_connected_to_is_left_alone_for_a_while() -> None:
+    """A listener whose accept queue is full drops further connects, as a powered-off worker
+    behind a firewall does: one connect timeout, then no read until the quiet time is over."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    logs = WorkerLogs("test")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with pytest.raises(SparkUnavailable, match="unreachable"):
+            logs.read(url, "driver-20261206120000-0001", "stderr", 1000, 0.5)
+        with pytest.raises(SparkUnavailable, match="did not answer 30s ago"):
+            logs.read(url, "driver-20261206120000-0001", "stderr", 1000, 0.5)
+    finally:
+        logs.close()
+        listener.close()
+        for filler in fillers:
+            filler.close()
