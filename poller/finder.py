@@ -6,8 +6,8 @@ line of the driver's stderr, each argument quoted. A search lists the master's d
 while the create could have reached the master, and reads the launch command of each one that
 has a worker. Drivers still waiting for a worker (or whose log cannot be read yet) are looked at
 again by the next search; a driver's tag never changes, so each is read once. A search ends
-without a match only once every live driver of its window was read: ended ones that cannot be
-(killed while queued, or on a worker that left) are tried while it lasts, not waited for.
+without a match only once every driver of its window was read, but for ended ones that never can
+be (killed while queued, or on a worker that left): those are tried while it lasts.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class Found:
     unreadable: int = 0  # placed, but their launch command could not be read (yet)
     redacted: int = 0  # Spark hid the tag (a spark.redaction.regex that matches it)
     silent: int = 0  # ended without a launch command to read (killed or failed before it)
-    # Ended, on a worker that left or does not answer: tried by every search while it lasts,
-    # not waited for past its end (an ended driver is no longer running on the cluster).
+    # Ended, on a worker the master no longer lists: tried by every search while it lasts, not
+    # waited for past its end (its log left with the worker, and it runs no more).
     gone: int = 0
     problem: str | None = None
 
@@ -56,7 +56,7 @@ class Found:
         said = (
             f"{self.read} driver(s) of the window read, {self.waiting} waiting for a worker, "
             f"{self.unreadable} unreadable, {self.silent} ended without a launch command, "
-            f"{self.gone} ended on a worker that could not be read, "
+            f"{self.gone} ended on a worker that left, "
             f"{self.redacted} with the tag redacted by Spark"
         )
         return said if self.problem is None else f"{said}; {self.problem}"
@@ -74,6 +74,10 @@ def launch_tag(first_line: str) -> str | None:
 
 class NoLaunchCommand(SparkUnavailable):
     """The driver's stderr holds no (whole) launch command: not yet, or, once it ended, never."""
+
+
+class WorkerGone(SparkUnavailable):
+    """The master no longer lists the worker a driver ran on: its log went with it."""
 
 
 class DriverFinder:
@@ -129,12 +133,16 @@ class DriverFinder:
                     else:
                         found.unreadable += 1
                     continue
-                except SparkUnavailable as exc:
-                    if ended:  # its worker left or does not answer: tried again next search
+                except WorkerGone as exc:
+                    if ended:  # its log left with its worker: tried again by each search
                         found.gone += 1
                     else:
                         found.unreadable += 1
                         found.problem = found.problem or exc.message
+                    continue
+                except SparkUnavailable as exc:  # slow or down for now: waited for
+                    found.unreadable += 1
+                    found.problem = found.problem or exc.message
                     continue
                 with self._lock:
                     self._tags[driver_id] = seen
@@ -154,7 +162,7 @@ class DriverFinder:
         when the command cannot be read yet."""
         worker = view.workers.get(worker_id)
         if worker is None or worker.ui_url is None:
-            raise SparkUnavailable(f"the master's view does not list worker {worker_id}'s web UI")
+            raise WorkerGone(f"the master's view does not list worker {worker_id}'s web UI")
         wanted = HEAD_BYTES
         while True:
             left = min(self.timeout_s, deadline - time.monotonic())

@@ -76,16 +76,23 @@ def _find(states: dict[str, str], placed: dict[str, str]) -> Found:
     return finder.find("our-tag", T, T + 300_000)
 
 
-def test_ended_drivers_that_cannot_be_read_do_not_hold_a_search_up() -> None:
-    """Killed while queued, or on a worker that left or does not answer: it is looked at
-    while the search lasts, but its end is not put off for it."""
+def test_ended_drivers_that_never_can_be_read_do_not_hold_a_search_up() -> None:
+    """Killed while queued, or on a worker that left: it is looked at while the search
+    lasts, but its end is not put off for it."""
     found = _find(
-        {OTHER: "FINISHED", QUEUED: "KILLED", GONE: "FAILED", OURS: "FINISHED"},
-        {OTHER: "w", GONE: "left", OURS: "d"},
+        {OTHER: "FINISHED", QUEUED: "KILLED", GONE: "FAILED"},
+        {OTHER: "w", GONE: "left"},
     )
     assert (found.read, found.waiting, found.unreadable, found.problem) == (1, 0, 0, None)
-    assert (found.silent, found.gone) == (1, 2)
+    assert (found.silent, found.gone) == (1, 1)
     assert found.driver is None
+
+
+def test_an_ended_driver_on_a_worker_that_does_not_answer_holds_a_search_up() -> None:
+    """A worker slow or down for now may answer the next search: it may be ours."""
+    found = _find({OURS: "FINISHED"}, {OURS: "d"})
+    assert (found.unreadable, found.gone) == (1, 0)
+    assert found.problem is not None
 
 
 def test_live_drivers_that_cannot_be_read_hold_a_search_up() -> None:
