@@ -67,6 +67,8 @@ _QUIET_LEVELS = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "WARNING"})
 _LAUNCH_COMMAND = re.compile(
     rf"^Launch Command: .*?(?:^{LAUNCH_SEPARATOR}$\n*|\Z)", re.MULTILINE | re.DOTALL
 )
+_SEPARATOR_LINE = re.compile(rf"^{LAUNCH_SEPARATOR}$", re.MULTILINE)
+_LAUNCH_LINE = re.compile(r"^Launch Command: ", re.MULTILINE)
 # The worker's /log endpoint puts this line before the bytes it returns.
 _LOG_ENDPOINT_HEADER = re.compile(r"==== Bytes \d+-\d+ of \d+ of [^\n]* ====\n?")
 # Spark's spark.redaction.regex (plus "credential"), applied to key=value pairs as Spark does:
@@ -155,13 +157,21 @@ def redact(text: str) -> str:
     return _URL_PASSWORD.sub(rf"\g<user>:{REDACTED}@", _KEY_VALUE.sub(hide, text))
 
 
-def from_line_start(text: str, offset: int) -> str:
-    """``text`` read from ``offset`` of its log, less the line it starts inside: past the
-    log's start that may be the launch command, cut before the words that mark it."""
+def from_line_start(text: str, offset: int, *, stderr: bool = False) -> str:
+    """``text`` read from ``offset`` of its log, less the line it starts inside. Past the log's
+    start that may be a launch command's, cut before the words that mark it; and in stderr,
+    where an argument with line breaks spreads the command over lines, a separator line with
+    no launch command before it ends a command that was cut: all up to it goes."""
     if offset <= 0:
         return text
     newline = text.find("\n")
-    return "" if newline == -1 else text[newline + 1 :]
+    text = "" if newline == -1 else text[newline + 1 :]
+    if stderr:
+        separator = _SEPARATOR_LINE.search(text)
+        launch = _LAUNCH_LINE.search(text)
+        if separator is not None and (launch is None or separator.start() < launch.start()):
+            return text[separator.end() :].lstrip("\n")
+    return text
 
 
 def _without_launch_command(stderr: str) -> str:

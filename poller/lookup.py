@@ -111,7 +111,9 @@ class FailureLookup:
                     chunk = cluster.logs.read(
                         ui_url, record.submission_id, log_type, READ_BYTES, _left(deadline)
                     )
-                    logs[log_type] = from_line_start(chunk.text, chunk.start)
+                    logs[log_type] = from_line_start(
+                        chunk.text, chunk.start, stderr=log_type == "stderr"
+                    )
                 except SparkUnavailable as exc:
                     problem = problem or exc.message
                 except _Spent:

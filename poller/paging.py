@@ -52,7 +52,7 @@ def decode(cursor: str, listing: JobFilter) -> tuple[datetime, str]:
         if after.tzinfo is None:
             raise ValueError("no time zone")
         after = after.astimezone(UTC)  # OverflowError for a time no UTC time can be
-        if re.match(REQUEST_ID_PATTERN, request_id) is None:
+        if re.fullmatch(REQUEST_ID_PATTERN, request_id) is None:
             raise ValueError("no request_id")
     except (
         ValueError,

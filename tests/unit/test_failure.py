@@ -420,7 +420,7 @@ def test_a_launch_command_cut_by_the_tail_read_never_reaches_the_tail() -> None:
     """A log read from past its start can begin inside the launch command's line."""
     stderr = LAUNCH + 'Exception in thread "main" java.lang.IllegalStateException: boom\n'
     for start in (5, 40, LAUNCH.index("=" * 40)):
-        read = from_line_start(stderr[start:], start)
+        read = from_line_start(stderr[start:], start, stderr=True)
         found = extract(None, read)
         assert found.reason == "java.lang.IllegalStateException: boom"
         assert found.log_tail is not None
@@ -440,3 +440,21 @@ def test_control_characters_of_a_log_are_replaced() -> None:
     assert found.log_tail is not None
     assert "\x00" not in found.log_tail
     assert "\x1b" not in found.log_tail
+
+
+def test_a_launch_command_over_several_lines_cut_by_the_tail_read_never_reaches_the_tail() -> None:
+    """An argument with line breaks (a JSON config, say) spreads the command over lines."""
+    launch = (
+        'Launch Command: "java" "-Dspark.poller.tag=t" "x.Main" "--config" "{\n'
+        '  \\"jdbc\\": \\"jdbc:postgresql://db/prod?user=etl&password=hunter2\\",\n'
+        '  \\"token\\": \\"ghp_abcdef\\"\n}"\n' + "=" * 40 + "\n\n"
+    )
+    stderr = launch + 'Exception in thread "main" java.lang.IllegalStateException: boom\n'
+    for start in (40, launch.index("jdbc"), launch.index("token")):
+        found = extract(None, from_line_start(stderr[start:], start, stderr=True))
+        assert found.reason == "java.lang.IllegalStateException: boom"
+        assert (
+            found.log_tail == 'Exception in thread "main" java.lang.IllegalStateException: boom\n'
+        )
+    output = "line one\n" + "=" * 40 + "\nline two\n"  # stdout keeps what the job printed
+    assert from_line_start("cut\n" + output, 3) == output
