@@ -52,6 +52,11 @@ class Found:
     gone: int = 0
     problem: str | None = None
 
+    @property
+    def complete(self) -> bool:
+        """Every driver of the window that may be the one was read."""
+        return not (self.waiting or self.unreadable or self.problem)
+
     def summary(self) -> str:
         said = (
             f"{self.read} driver(s) of the window read, {self.waiting} waiting for a worker, "

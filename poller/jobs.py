@@ -428,7 +428,7 @@ class Jobs:
                 raise RequestNotFound(f"no request {request_id!r}")
             add_log_context(submission_id=record.submission_id, cluster=record.cluster)
             if kill and record.phase == Phase.SUBMITTING and record.search_until is not None:
-                record = self.poller.search_now(record)  # found: tracked, then killed below
+                record = self._find_to_kill(record)
             if record.phase == Phase.SUBMITTING and record.search_until is not None:
                 looked = "; none carrying its tag was found to kill" if kill else ""
                 fixed = self.store.complete(
@@ -485,6 +485,21 @@ class Jobs:
                 exc.message,
                 extra={"request_id": request_id},
             )
+
+    def _find_to_kill(self, record: JobRecord) -> JobRecord:
+        """The request whose driver is looked for, its driver found and tracked (and its state
+        read: one that already ended has its own ending), or still looked for once every
+        driver that may be it was read. Caller holds the request's lock."""
+        record, found = self.poller.search_now(record)
+        if record.phase == Phase.POLLING:
+            return self.poller.advance(record.request_id) or record
+        if found is not None and record.phase == Phase.SUBMITTING and not found.complete:
+            raise RequestConflict(
+                f"the driver of request {record.request_id!r} (whose create's answer was lost) "
+                f"cannot be looked for everywhere yet ({found.summary()}): cancel without "
+                "kill, or again later"
+            )
+        return record
 
     def _kill_and_confirm(self, record: JobRecord) -> JobRecord:
         assert record.submission_id is not None

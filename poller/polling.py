@@ -350,9 +350,8 @@ class Poller:
             return self._adopt_found(record, found.driver, fence)
         now = utcnow()
         # Not while it could not look everywhere: the driver may be one it could not see.
-        complete = not (found.waiting or found.unreadable or found.problem)
         give_up = now >= record.search_until and (
-            complete or now >= record.search_until + MAX_WAIT_FOR_WORKER
+            found.complete or now >= record.search_until + MAX_WAIT_FOR_WORKER
         )
         if found.tagged:  # more than one: never pick
             why = f"drivers {', '.join(sorted(found.tagged))} all carry this request's tag"
@@ -371,14 +370,17 @@ class Poller:
             return record
         return self._fix(record, DriverState.SUBMIT_UNKNOWN, f"{asked}; {why}", fence)
 
-    def search_now(self, record: JobRecord) -> JobRecord:
+    def search_now(self, record: JobRecord) -> tuple[JobRecord, Found | None]:
         """One search for the driver of ``record`` (whose create's answer was lost), tracking
-        it if found: a cancel that kills needs it now, not at the next search."""
+        it if found: a cancel that kills needs it now, not at the next search. None: it cannot
+        be looked for here."""
         finder = self.finders.get(record.cluster)
         if finder is None or record.spark_tag is None or record.search_until is None:
-            return record
+            return record, None
         found = self._find(finder, record.spark_tag, record.submitted_at)
-        return record if found.driver is None else self._adopt_found(record, found.driver, None)
+        if found.driver is None:
+            return record, found
+        return self._adopt_found(record, found.driver, None), found
 
     def _find(self, finder: DriverFinder, tag: str, submitted_at: datetime) -> Found:
         # The master took the create, if at all, while the call could last.

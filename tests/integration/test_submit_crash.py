@@ -150,15 +150,18 @@ def test_a_request_whose_driver_is_looked_for_can_be_cancelled(
     assert (record["phase"], record["search_until"]) == ("done", None)
 
 
-def test_a_cancel_that_kills_finds_the_driver_being_looked_for_and_kills_it(
+@pytest.mark.parametrize("ended", [False, True], ids=["running", "ended"])
+def test_a_cancel_that_kills_finds_the_driver_being_looked_for(
     start_service: ServiceFactory,
     slow_create: DelayingProxy,
     spark: SparkStandalone,
     job_body: JobBody,
     events: EventReader,
+    ended: bool,
 ) -> None:
-    """The create's answer was lost and the one search so far could not see the driver (the
-    master's view was down): a cancel with kill looks there and then, and kills it."""
+    """The create's answer was lost and no search so far could see the driver (the master's
+    view was down). A cancel with kill is refused while it cannot look everywhere; then it
+    looks there and then: a running driver is killed, one that ended keeps its own ending."""
     view = ViewProxy(spark.ui_url)
     view.mode = "broken"
     try:
@@ -170,20 +173,32 @@ def test_a_cancel_that_kills_finds_the_driver_being_looked_for_and_kills_it(
             POLLER_RECOVERY_SEARCH_S="600",
         )
         drivers_before = driver_ids(spark)
-        answer = svc.post("/submit", json={"request_id": "kill-found", "job": job_body(300)})
-        assert answer.status_code == 504, answer.text
+        body = {"request_id": "kill-found", "job": job_body(0 if ended else 300)}
+        assert svc.post("/submit", json=body).status_code == 504
         wait_for(lambda: "looking for the driver of kill-found" in svc.logs(), 30, "a search")
-        failed_at = time.monotonic()
         [driver] = driver_ids(spark) - drivers_before
-        wait_for(lambda: driver_state(spark, driver) == "RUNNING", 60, "the driver to run")
+        want = "FINISHED" if ended else "RUNNING"
+        wait_for(lambda: driver_state(spark, driver) == want, 60, f"the driver {want}")
+
+        refused = svc.delete("/jobs/kill-found", params={"kill": "true"})
+        assert refused.status_code == 409, refused.text
+        assert "cannot be looked for everywhere yet" in refused.json()["detail"]
+        failed_at = time.monotonic()
+        assert svc.job("kill-found")["phase"] == "submitting"
+
         view.mode = None
         # The failed view answers for the searches until its retry time has passed.
         wait_for(lambda: time.monotonic() > failed_at + SHARED_VIEW_RETRY_S, 30, "retry time")
         gone = svc.delete("/jobs/kill-found", params={"kill": "true"})
-        assert gone.status_code in {200, 202}, gone.text
         [event] = events.wait_for_keys({"kill-found"})["kill-found"]
     finally:
         view.close()
+    if ended:
+        assert gone.status_code == 409, gone.text
+        assert "already ended (FINISHED)" in gone.json()["detail"]
+        assert (event.value["state"], event.value["submission_id"]) == ("FINISHED", driver)
+        return
+    assert gone.status_code in {200, 202}, gone.text
     assert (event.value["state"], event.value["submission_id"]) == ("CANCELLED", driver)
     assert "kill accepted" in event.value["message"], event.value
     wait_for(lambda: driver_state(spark, driver) == "KILLED", 30, "Spark to kill the driver")
