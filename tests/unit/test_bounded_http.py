@@ -69,6 +69,26 @@ def test_headers_that_trickle_are_cut_at_the_deadline(server: tuple[str, list[by
     assert time.monotonic() - started < 2.5
 
 
+def test_headers_through_a_proxy_are_cut_at_the_deadline(server: tuple[str, list[bytes]]) -> None:
+    """A proxy from the environment (HTTP_PROXY) goes over connections of its own."""
+    url, parts = server
+    parts += [b"HTTP/1.1 200 OK\r\nX-Slow: "] + [b"a", b""] * 50
+    session = bounded_session()
+    session.proxies = {"http": url}
+    started = time.monotonic()
+    with pytest.raises(SparkUnavailable):
+        get_bounded(
+            session,
+            "http://spark-master.invalid:8080/json/",
+            what="w",
+            headers={},
+            timeout_s=1.0,
+            max_bytes=100,
+            total_s=1.0,
+        )
+    assert time.monotonic() - started < 2.5
+
+
 def test_a_kept_connection_is_cut_at_the_deadline_too(server: tuple[str, list[bytes]]) -> None:
     """The second call of a session goes over the first one's connection."""
     url, parts = server
