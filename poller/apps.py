@@ -12,11 +12,9 @@ from datetime import datetime
 from urllib.parse import quote
 
 from poller.errors import SparkUnavailable
-from poller.master_view import ClusterView, SharedView
+from poller.master_view import CLOCK_SKEW_S, ClusterView, SharedView
 from poller.schemas import JobRecord, SparkApp
 
-# The master's and the driver's clocks against ours.
-CLOCK_SKEW_MS = 60_000
 _LOGGED = re.compile(r"Connected to Spark cluster with app ID (app-[\w-]{1,100})")
 
 
@@ -33,8 +31,8 @@ def app_page(ui_base: str | None, app_id: str) -> str | None:
 
 def matching_app(view: ClusterView, name: str, since: datetime, until: datetime) -> SparkApp | None:
     """The one application named ``name`` that started between ``since`` and ``until``."""
-    low = int(since.timestamp() * 1000) - CLOCK_SKEW_MS
-    high = int(until.timestamp() * 1000) + CLOCK_SKEW_MS
+    low = int((since.timestamp() - CLOCK_SKEW_S) * 1000)
+    high = int((until.timestamp() + CLOCK_SKEW_S) * 1000)
     found = [app for app in view.apps if app.name == name and low <= app.start_ms <= high]
     if len(found) != 1:
         return None

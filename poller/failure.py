@@ -27,7 +27,9 @@ REASON_MAX_CHARS = 1000
 FRAME_MAX_CHARS = 512
 SCAN_MAX_CHARS = 256 * 1024
 DEFAULT_TAIL_BYTES = 4096
-# The worker's line between a driver's launch command and its output, in stderr.
+# How the worker starts the line of a driver's launch command in stderr, and the line it puts
+# between the command and the driver's output.
+LAUNCH_COMMAND = "Launch Command:"
 LAUNCH_SEPARATOR = "=" * 40
 # The password of credentials in a URL: scheme://user:password@host.
 _URL_PASSWORD = re.compile(r"(?P<user>://[^\s:/@]{1,256}):[^\s@]{1,256}@")
@@ -64,11 +66,11 @@ _LOG_RECORD = re.compile(
 )
 _QUIET_LEVELS = frozenset({"TRACE", "DEBUG", "INFO", "WARN", "WARNING"})
 # A launch command the worker wrote, through its closing line of ``=`` and the blank line after.
-_LAUNCH_COMMAND = re.compile(
-    rf"^Launch Command: .*?(?:^{LAUNCH_SEPARATOR}$\n*|\Z)", re.MULTILINE | re.DOTALL
+_LAUNCH_BLOCK = re.compile(
+    rf"^{LAUNCH_COMMAND} .*?(?:^{LAUNCH_SEPARATOR}$\n*|\Z)", re.MULTILINE | re.DOTALL
 )
 _SEPARATOR_LINE = re.compile(rf"^{LAUNCH_SEPARATOR}$", re.MULTILINE)
-_LAUNCH_LINE = re.compile(r"^Launch Command: ", re.MULTILINE)
+_LAUNCH_LINE = re.compile(rf"^{LAUNCH_COMMAND} ", re.MULTILINE)
 # The worker's /log endpoint puts this line before the bytes it returns.
 _LOG_ENDPOINT_HEADER = re.compile(r"==== Bytes \d+-\d+ of \d+ of [^\n]* ====\n?")
 # Spark's spark.redaction.regex (plus "credential"), applied to key=value pairs as Spark does:
@@ -179,7 +181,7 @@ def _without_launch_command(stderr: str) -> str:
     job's own credentials among them) and a line of 40 ``=`` at every launch (again for each
     relaunch of a supervised driver): none of it says why the driver failed, and none of it
     may leave in an event. A command with no line after it runs to the end of what was read."""
-    return _LAUNCH_COMMAND.sub("", stderr)
+    return _LAUNCH_BLOCK.sub("", stderr)
 
 
 def _find_cause(windows: dict[LogSource, list[str]]) -> _Cause | None:

@@ -18,22 +18,19 @@ import time
 from dataclasses import dataclass, field
 
 from poller.errors import SparkUnavailable
-from poller.failure import REDACTED
-from poller.master_view import ClusterView, SharedView, view_state
+from poller.failure import LAUNCH_COMMAND, REDACTED
+from poller.master_view import CLOCK_SKEW_S, ClusterView, SharedView, view_state
 from poller.worker_logs import NoSuchLog, WorkerLogs
 
 # The launch command is the first line of stderr; a long class path still fits in this.
 HEAD_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 1024 * 1024
-# The master's clock and ours may differ: drivers this much older than the request count too.
-CLOCK_SKEW_S = 60.0
 # Per search: log reads, and the time they may take (the rest wait for the next search).
 READS_PER_SEARCH = 50
 SEARCH_BUDGET_S = 5.0
 # The whole argument Spark writes for the property: inside another argument's value it is
 # preceded by an escaped quote, and never counts.
 _TAG = re.compile(r'(?:^|\s)"-Dspark\.poller\.tag=([^"\s]*)"')
-LAUNCH_COMMAND = "Launch Command:"
 
 
 @dataclass

@@ -27,6 +27,8 @@ from poller.text import printable
 MAX_VIEW_BYTES = 128 * 1024 * 1024
 MAX_URL_CHARS = 1024
 MAX_APP_ID_CHARS = 128
+# How far the master's clock (its drivers' and applications' start times) may be from ours.
+CLOCK_SKEW_S = 60.0
 # How long a shared view's failed fetch answers for it (the master is not asked again).
 SHARED_VIEW_RETRY_S = 5.0
 MAX_NAME_CHARS = 1024

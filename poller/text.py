@@ -12,4 +12,6 @@ REPLACEMENT = "\ufffd"
 
 def printable(text: str, limit: int | None = None) -> str:
     """``text`` (its first ``limit`` characters) with each control character replaced."""
-    return _CONTROL.sub(REPLACEMENT, text if limit is None else text[:limit])
+    text = text if limit is None else text[:limit]
+    # Parsing a view runs this for every driver: most texts need no replacing, found in C.
+    return text if text.isprintable() else _CONTROL.sub(REPLACEMENT, text)
